@@ -1,0 +1,1 @@
+"""Text generation: GenerationConfig, decoding strategies, caches, logits processors, streamers."""
