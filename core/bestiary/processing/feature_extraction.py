@@ -185,13 +185,13 @@ class FeatureExtractor(Preprocessor):
             pad_to_multiple_of=pad_to_multiple_of,
         )
         if self.do_normalize:
-            values = self.normalize(values, masks, padded=strategy != "do_not_pad" and return_attention_mask)
+            values = self.normalize(values, masks, mask_padding=strategy != "do_not_pad" and return_attention_mask)
         data: dict[str, Any] = {self.model_input_names[0]: values}
         if return_attention_mask:
             data["attention_mask"] = masks
         return BatchFeature(data, tensor_type=return_tensors)
 
-    def normalize(self, values: list[np.ndarray], masks: list[np.ndarray], *, padded: bool) -> list[np.ndarray]:
+    def normalize(self, values: list[np.ndarray], masks: list[np.ndarray], *, mask_padding: bool) -> list[np.ndarray]:
         """Return zero-mean, unit-variance waveforms.
 
         As in transformers, statistics skip the padding only when an
@@ -199,7 +199,7 @@ class FeatureExtractor(Preprocessor):
         padding the real samples are taken from the mask (transformers takes
         the first ones, which are padding).
         """
-        if not padded:
+        if not mask_padding:
             return zero_mean_unit_var_norm(values, None, self.padding_value)
         if self.padding_side == "right":
             return zero_mean_unit_var_norm(values, [int(mask.sum()) for mask in masks], self.padding_value)
@@ -299,7 +299,6 @@ class FeatureExtractor(Preprocessor):
                 samples = to_mono(samples, channel_axis=int(np.argmin(samples.shape)), name=name)
         if samples.size == 0:
             raise ProcessingError(f"{name[0].upper()}{name[1:]} is empty (0 samples).")
-        samples = pcm_to_float(samples)
         if not np.all(np.isfinite(samples)):
             raise ProcessingError(f"{name[0].upper()}{name[1:]} contains NaN or infinite samples.")
         samples = resample(samples, source_rate, self.sampling_rate, name=name)
@@ -337,4 +336,4 @@ class FeatureExtractor(Preprocessor):
                 f"{name[0].upper()}{name[1:]} must be 1-D samples or 2-D (channels, samples); "
                 f"got shape {tuple(array.shape)}."
             )
-        return array
+        return pcm_to_float(array)
