@@ -1245,7 +1245,11 @@ def _unique(items: Sequence[Any]) -> list[Any]:
 
 
 def _post_processor_sets_type_ids(backend: BackendTokenizer) -> bool:
-    """True for BERT-style post-processors, which give the second text of a pair token type 1."""
+    """True for BERT-style post-processors: ``[CLS] A [SEP]``, with token type 1 for the second text of a pair.
+
+    A template that only prepends a token (Llama's ``<s> A``) does not count,
+    even when it gives the second text type 1: those models take no token types.
+    """
     processor = backend.post_processor
     if processor is None:
         return False
@@ -1255,9 +1259,11 @@ def _post_processor_sets_type_ids(backend: BackendTokenizer) -> bool:
         if kind.get("type") == "BertProcessing":
             return True
         if kind.get("type") == "TemplateProcessing":
-            for piece in kind.get("pair", []):
-                if any(item.get("type_id") for item in piece.values()):
-                    return True
+            single = [next(iter(piece)) for piece in kind.get("single", [])]
+            wraps = len(single) >= 3 and single[0] == single[-1] == "SpecialToken"
+            typed = any(item.get("type_id") for piece in kind.get("pair", []) for item in piece.values())
+            if wraps and typed:
+                return True
     return False
 
 
