@@ -293,6 +293,11 @@ class ImageProcessor(Preprocessor):
     pad_size: SizeDict | None = None
     pad_to_multiple_of: int | None = None
 
+    @classmethod
+    def _type_from_legacy(cls, legacy_type: str) -> str:
+        # Old image configs name a "...FeatureExtractor"; transformers reads them as "...ImageProcessor".
+        return legacy_type.replace("FeatureExtractor", "ImageProcessor")
+
     # -- validation ---------------------------------------------------------
     @field_validator("size", mode="before")
     @classmethod
