@@ -362,6 +362,8 @@ class PreTrainedModel(nn.Module):
                 mapped[key] = f"{prefix}.{name}"
             elif prefix and name.startswith(prefix + ".") and name[len(prefix) + 1 :] in model_keys:
                 mapped[key] = name[len(prefix) + 1 :]
+            elif has_prefix_module and _swap_prefix(name, prefix) in model_keys:
+                mapped[key] = _swap_prefix(name, prefix)
             else:
                 mapped[key] = None
         return mapped
@@ -467,6 +469,15 @@ class PreTrainedModel(nn.Module):
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         atomic_write_text(directory / SAFE_INDEX, json.dumps(index, indent=2) + "\n")
         return {*names, SAFE_INDEX}
+
+
+_BASE_PREFIX_ALIASES = ("model", "transformer")
+
+
+def _swap_prefix(name: str, prefix: str) -> str:
+    """Rename a checkpoint key saved under another historical base-model name ("transformer." vs "model.")."""
+    first, _, rest = name.partition(".")
+    return f"{prefix}.{rest}" if first in _BASE_PREFIX_ALIASES and first != prefix else name
 
 
 def _has_parameter(model: nn.Module, name: str) -> bool:

@@ -420,12 +420,17 @@ class LlamaForQuestionAnswering(LlamaPreTrainedModel):
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__(config)
-        self.transformer = self.base_model_class(config)
+        setattr(self, self.base_model_prefix, self.base_model_class(config))
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
         self.post_init()
 
+    @property
+    def decoder(self) -> LlamaModel:
+        """The decoder stack (stored under ``base_model_prefix``)."""
+        return getattr(self, self.base_model_prefix)
+
     def get_input_embeddings(self) -> nn.Module:
-        return self.transformer.embed_tokens
+        return self.decoder.embed_tokens
 
     def forward(
         self,
@@ -435,7 +440,7 @@ class LlamaForQuestionAnswering(LlamaPreTrainedModel):
         end_positions: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> QuestionAnsweringModelOutput:
-        outputs = self.transformer(input_ids=input_ids, attention_mask=attention_mask, **_base_kwargs(kwargs))
+        outputs = self.decoder(input_ids=input_ids, attention_mask=attention_mask, **_base_kwargs(kwargs))
         start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).split(1, dim=-1)
         start_logits, end_logits = start_logits.squeeze(-1).contiguous(), end_logits.squeeze(-1).contiguous()
         loss = None

@@ -35,4 +35,5 @@ class MistralForTokenClassification(MistralPreTrainedModel, llama.LlamaForTokenC
 class MistralForQuestionAnswering(MistralPreTrainedModel, llama.LlamaForQuestionAnswering):
     """Mistral with a span-extraction head."""
 
+    base_model_prefix = "model"
     base_model_class = MistralModel
