@@ -1,0 +1,1 @@
+"""A toy bestiary plugin: copy this folder to start your own."""
