@@ -1,0 +1,1 @@
+"""Integrations with other formats and runtimes (GGUF, ...)."""
