@@ -7,8 +7,8 @@ template, ...), optionally ``special_tokens_map.json`` and
 ``chat_template.jinja``. A folder with only a WordPiece ``vocab.txt`` (old BERT
 checkpoints) is converted on load.
 
-This module imports neither torch nor numpy nor jinja2: tensors are built and
-chat templates are rendered by imports inside the functions that need them.
+This module imports neither torch nor jinja2: tensors are built and chat
+templates are rendered by imports inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from tokenizers import Tokenizer as BackendTokenizer
 
 from bestiary.errors import HubError, ProcessingError
 from bestiary.hub import HubOptions, is_local, resolve_file
+from bestiary.processing.batch_feature import BatchFeature
 
 logger = logging.getLogger(__name__)
 
@@ -84,13 +85,13 @@ _TRUNCATION_STRATEGIES = {"longest_first", "only_first", "only_second", "do_not_
 # --------------------------------------------------------------------------------------------------
 # BatchEncoding
 # --------------------------------------------------------------------------------------------------
-class BatchEncoding(dict):
+class BatchEncoding(BatchFeature):
     """The output of a tokenizer: a dict of model inputs with attribute access.
 
     Keys are model input names (``input_ids``, ``attention_mask``,
-    ``token_type_ids``, ...). When produced by :class:`Tokenizer` it also keeps
-    the ``tokenizers`` encodings, which answer alignment questions
-    (:meth:`word_ids`, :meth:`char_to_token`, ...).
+    ``token_type_ids``, ...); ``.to(device)`` moves tensors. When produced by
+    :class:`Tokenizer` it also keeps the ``tokenizers`` encodings, which answer
+    alignment questions (:meth:`word_ids`, :meth:`char_to_token`, ...).
     """
 
     def __init__(
@@ -99,10 +100,8 @@ class BatchEncoding(dict):
         encodings: Sequence[Any] | None = None,
         tensor_type: str | None = None,
     ) -> None:
-        super().__init__(data or {})
         self._encodings = list(encodings) if encodings is not None else None
-        if tensor_type is not None:
-            self.convert_to_tensors(tensor_type)
+        super().__init__(dict(data or {}), tensor_type=tensor_type)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name == "_encodings":
@@ -118,15 +117,8 @@ class BatchEncoding(dict):
             return self._encoding(key)
         return super().__getitem__(key)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"data": dict(self), "encodings": self._encodings}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.update(state["data"])
-        self._encodings = state["encodings"]
-
-    def __reduce__(self):  # dict subclasses pickle their items separately; keep one path
-        return (BatchEncoding, (), self.__getstate__())
+    def __reduce__(self):  # pickled as (data, encodings), so DataLoader workers get the alignment data too
+        return (BatchEncoding, (dict(self), self._encodings))
 
     @property
     def encodings(self) -> list[Any] | None:
@@ -184,49 +176,8 @@ class BatchEncoding(dict):
         batch, word = (0, batch_or_word_index) if word_index is None else (batch_or_word_index, word_index)
         return self._encoding(batch).word_to_tokens(word, sequence_index)
 
-    def convert_to_tensors(self, tensor_type: str | None) -> BatchEncoding:
-        """Turn every value into a ``"pt"`` (torch) or ``"np"`` (numpy) tensor, in place; return self."""
-        if tensor_type is None:
-            return self
-        tensor_type = str(getattr(tensor_type, "value", tensor_type))
-        if tensor_type not in {"pt", "np"}:
-            raise ProcessingError(f"return_tensors={tensor_type!r} is not supported; use 'pt', 'np' or None.")
-        for key, value in list(self.items()):
-            try:
-                self[key] = _as_tensor(value, tensor_type)
-            except (ValueError, TypeError, RuntimeError) as exc:
-                raise ProcessingError(
-                    f"Cannot make a {tensor_type!r} tensor of {key!r}: the sequences have different lengths. "
-                    "Pass padding=True (and truncation=True for long texts) to get equal lengths."
-                ) from exc
-        return self
-
-    def to(self, device: Any, *, non_blocking: bool = False) -> BatchEncoding:
-        """Move every torch tensor to ``device`` (a device, its name, or an index); return self."""
-        for key, value in self.items():
-            if hasattr(value, "to") and hasattr(value, "device"):
-                self[key] = value.to(device, non_blocking=non_blocking)
-        return self
-
     def __repr__(self) -> str:
         return f"BatchEncoding({dict.__repr__(self)})"
-
-
-def _as_tensor(value: Any, tensor_type: str) -> Any:
-    if tensor_type == "pt":
-        import torch
-
-        if isinstance(value, torch.Tensor):
-            return value
-        return torch.tensor(value)
-    import numpy as np
-
-    if isinstance(value, np.ndarray):
-        return value
-    array = np.asarray(value)
-    if array.dtype == object:
-        raise ValueError("ragged sequences")
-    return array
 
 
 def _to_python(value: Any) -> Any:
@@ -1181,6 +1132,8 @@ def _batch_inputs(text: Any, text_pair: Any, is_split_into_words: bool) -> tuple
             return all(isinstance(item, str) or is_words(item) for item in value)
         return False
 
+    if text is None:
+        raise ProcessingError("The tokenizer needs text: a string, a list of strings, or a list of word lists.")
     for name, value in (("text", text), ("text_pair", text_pair)):
         if value is not None and not valid(value):
             raise ProcessingError(
