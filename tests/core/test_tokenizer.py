@@ -48,6 +48,8 @@ CALLS = {
     "overflow": dict(text=TEXTS[:2], truncation=True, max_length=8, stride=2, return_overflowing_tokens=True),
     "split_words": dict(text=[["hello", "world"], ["the", "lazy", "fox"]], is_split_into_words=True),
     "no_mask_types": dict(text=TEXTS, return_attention_mask=False, return_token_type_ids=True),
+    "split_special_tokens": dict(text=["<s> [CLS] <|begin_of_text|> [SEP] </s>"], split_special_tokens=True),
+    "special_tokens_in_text": dict(text=["<s> [CLS] <|begin_of_text|> [SEP] </s>"]),
 }
 
 

@@ -674,33 +674,25 @@ class Tokenizer:
 
         want_types = "token_type_ids" in self.model_input_names if return_token_type_ids is None else return_token_type_ids
         want_mask = "attention_mask" in self.model_input_names if return_attention_mask is None else return_attention_mask
-        data: dict[str, list[Any]] = {"input_ids": []}
-        if want_types:
-            data["token_type_ids"] = []
-        if want_mask:
-            data["attention_mask"] = []
-        if return_special_tokens_mask:
-            data["special_tokens_mask"] = []
-        if return_offsets_mapping:
-            data["offset_mapping"] = []
+        fields = {  # output key -> tokenizers.Encoding attribute
+            "input_ids": "ids",
+            "token_type_ids": "type_ids" if want_types else None,
+            "attention_mask": "attention_mask" if want_mask else None,
+            "special_tokens_mask": "special_tokens_mask" if return_special_tokens_mask else None,
+            "offset_mapping": "offsets" if return_offsets_mapping else None,
+        }
+        fields = {key: attribute for key, attribute in fields.items() if attribute is not None}
+        data: dict[str, list[Any]] = {key: [] for key in fields}
         if return_length:
             data["length"] = []
         flat: list[Any] = []
         sample_of: list[int] = []
         for sample, encoding in enumerate(encodings):
-            pieces = [encoding] + (list(encoding.overflowing) if return_overflowing_tokens else [])
-            for piece in pieces:
+            for piece in [encoding] + (list(encoding.overflowing) if return_overflowing_tokens else []):
                 flat.append(piece)
                 sample_of.append(sample)
-                data["input_ids"].append(piece.ids)
-                if want_types:
-                    data["token_type_ids"].append(piece.type_ids)
-                if want_mask:
-                    data["attention_mask"].append(piece.attention_mask)
-                if return_special_tokens_mask:
-                    data["special_tokens_mask"].append(piece.special_tokens_mask)
-                if return_offsets_mapping:
-                    data["offset_mapping"].append(piece.offsets)
+                for key, attribute in fields.items():
+                    data[key].append(getattr(piece, attribute))
                 if return_length:
                     data["length"].append(len(piece.ids))
         if return_overflowing_tokens:
