@@ -129,7 +129,7 @@ def compile_chat_template(template: str) -> jinja2.Template:
 # --------------------------------------------------------------------------------------------------
 # rendering
 # --------------------------------------------------------------------------------------------------
-def split_conversations(conversation: Any) -> tuple[list[list[dict[str, Any]]], bool]:
+def split_conversations(conversation: Any) -> tuple[list[list[Any]], bool]:
     """Return (list of conversations, whether a batch was given) for one conversation or a batch of them."""
     if isinstance(conversation, (list, tuple)) and not conversation:
         raise ProcessingError("Cannot apply a chat template to an empty conversation; give at least one message.")
@@ -142,8 +142,8 @@ def split_conversations(conversation: Any) -> tuple[list[list[dict[str, Any]]], 
         conversation = messages
     first = conversation[0]
     batched = isinstance(first, (list, tuple)) or hasattr(first, "messages")
-    chats = [getattr(chat, "messages", chat) for chat in conversation] if batched else [conversation]
-    return [_normalise_messages(chat) for chat in chats], batched
+    chats = [list(getattr(chat, "messages", chat)) for chat in conversation] if batched else [list(conversation)]
+    return chats, batched
 
 
 def _normalise_messages(chat: Sequence[Any]) -> list[dict[str, Any]]:
