@@ -71,6 +71,18 @@ class Preprocessor(BaseModel):
     _source: str | None = PrivateAttr(default=None)
     _loaded_type: str | None = PrivateAttr(default=None)
 
+    def __init__(self, **settings: Any) -> None:
+        try:
+            super().__init__(**settings)
+        except ValidationError as exc:
+            raise ProcessingError(_describe_validation_error(exc, type(self), None)) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise ProcessingError(_describe_validation_error(exc, type(self), None)) from None
+
     # -- construction -----------------------------------------------------
     @classmethod
     def from_dict(
@@ -164,10 +176,7 @@ class Preprocessor(BaseModel):
             raise ProcessingError(_unknown_settings_message(type(self), unknown, list(self._extras())))
         copy = self.model_copy(deep=True)
         for key, value in overrides.items():
-            try:
-                setattr(copy, key, value)
-            except ValidationError as exc:
-                raise ProcessingError(_describe_validation_error(exc, type(self), None)) from None
+            setattr(copy, key, value)
         copy.check_settings()
         return copy
 

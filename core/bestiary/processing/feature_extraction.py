@@ -128,8 +128,8 @@ class FeatureExtractor(Preprocessor):
     def __call__(
         self,
         audio: Any,
-        sampling_rate: int | None = None,
         *,
+        sampling_rate: int | None = None,
         padding: bool | str | None = None,
         max_length: int | None = None,
         truncation: bool | None = None,
@@ -151,6 +151,7 @@ class FeatureExtractor(Preprocessor):
         overridden for this call only.
         """
         extractor = self.with_overrides(**overrides) if overrides else self
+        extractor.check_settings()
         waveforms = extractor.prepare_audio(audio, sampling_rate)
         return extractor._preprocess(
             waveforms,

@@ -386,6 +386,7 @@ class ImageProcessor(Preprocessor):
         ``do_normalize=``, ...) may be overridden for this call only.
         """
         processor = self.with_overrides(**overrides) if overrides else self
+        processor.check_settings()
         tensors = processor.prepare_images(images, input_data_format=input_data_format, device=device)
         return processor._preprocess(tensors, return_tensors=return_tensors)
 
