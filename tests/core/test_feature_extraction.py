@@ -101,7 +101,9 @@ def test_torch_outputs_and_tensor_inputs_match_wav2vec2():
 
 
 def test_left_padding_matches_transformers():
-    reference = transformers.Wav2Vec2FeatureExtractor(do_normalize=False, padding_side="left", return_attention_mask=True)
+    reference = transformers.Wav2Vec2FeatureExtractor(
+        do_normalize=False, padding_side="left", return_attention_mask=True
+    )
     ours = FeatureExtractor.from_dict(reference.to_dict())
     batch = waveforms(500, 900)
     assert_same_batch(
@@ -128,8 +130,14 @@ def test_pad_two_dimensional_features_matches_sequence_feature_extractor():
     ours = FeatureExtractor(feature_size=4, padding_value=-1.0)
     rng = np.random.default_rng(1)
     frames = [rng.standard_normal((n, 4)).astype(np.float32) for n in (5, 9, 7)]
-    expected = reference.pad({"input_features": frames}, padding="max_length", max_length=8, truncation=True,
-                             pad_to_multiple_of=3, return_tensors="np")
+    expected = reference.pad(
+        {"input_features": frames},
+        padding="max_length",
+        max_length=8,
+        truncation=True,
+        pad_to_multiple_of=3,
+        return_tensors="np",
+    )
     values, masks = ours.pad(frames, padding="max_length", max_length=8, truncation=True, pad_to_multiple_of=3)
     np.testing.assert_array_equal(np.stack(values), expected["input_features"])
     np.testing.assert_array_equal(np.stack(masks), expected["attention_mask"])
@@ -180,7 +188,8 @@ def test_audio_files_and_bytes_are_decoded(tmp_path, extension):
     expected, rate = soundfile.read(path, dtype="float32")
     assert rate == 16000
     extractor = FeatureExtractor()
-    for source in (path, str(path), path.read_bytes(), {"path": str(path), "bytes": None}, {"bytes": path.read_bytes()}):
+    data = path.read_bytes()
+    for source in (path, str(path), data, {"path": str(path), "bytes": None}, {"bytes": data}):
         np.testing.assert_array_equal(extractor(source).input_values[0], expected)
 
 

@@ -58,6 +58,11 @@ def reference_and_ours(tmp_path: Path, reference, cls=ImageProcessor):
     return reference, cls.from_pretrained(folder)
 
 
+def pixel_values(processor, images, **kwargs) -> torch.Tensor:
+    """Return the stacked pixel_values a processor (transformers' or bestiary's) gives for ``images``."""
+    return processor(images, return_tensors="pt", **kwargs)["pixel_values"]
+
+
 def assert_same_pixels(expected, actual, atol: float = 0.0) -> None:
     if isinstance(expected, (list, tuple)):
         assert len(expected) == len(actual)
@@ -106,12 +111,12 @@ PARITY_CONFIGS = {
 def test_pixel_values_match_transformers(tmp_path, photos, name):
     reference, ours = reference_and_ours(tmp_path, PARITY_CONFIGS[name](transformers))
     for image in (photos["chelsea"], photos["camera"]):
-        actual = ours(image, return_tensors="pt")["pixel_values"]
+        actual = pixel_values(ours, image)
         if image.shape[-1] == 1 and not reference.do_convert_rgb and reference.do_normalize:
             # transformers fails to normalize one channel with three means; bestiary gives
             # the result of the same picture as three equal channels.
             image = np.repeat(image, 3, axis=-1)
-        expected = reference(image, return_tensors="pt")["pixel_values"]
+        expected = pixel_values(reference, image)
         assert_same_pixels(expected, actual)
 
 
@@ -127,37 +132,38 @@ def test_do_resize_false_keeps_each_size(tmp_path, photos):
 def test_input_kinds_match_transformers(tmp_path, photos):
     reference, ours = reference_and_ours(tmp_path, transformers.CLIPImageProcessor())
     hwc = photos["astronaut"]
+    alpha = np.linspace(0, 255, hwc.shape[0] * hwc.shape[1]).reshape(hwc.shape[:2]).astype(np.uint8)
     inputs = {
         "numpy-hwc": hwc,
         "numpy-chw": np.ascontiguousarray(hwc.transpose(2, 0, 1)),
         "pil": PIL.Image.fromarray(hwc),
         "pil-grey": PIL.Image.fromarray(photos["camera"][..., 0]),
-        "pil-rgba": PIL.Image.fromarray(np.dstack([hwc, np.linspace(0, 255, hwc.size // 3).reshape(hwc.shape[:2]).astype(np.uint8)])),
+        "pil-rgba": PIL.Image.fromarray(np.dstack([hwc, alpha])),
         "tensor-chw": torch.from_numpy(hwc).permute(2, 0, 1).contiguous(),
         "tensor-hwc": torch.from_numpy(hwc),
     }
     for label, image in inputs.items():
-        expected = reference(image, return_tensors="pt")["pixel_values"]
-        actual = ours(image, return_tensors="pt")["pixel_values"]
+        expected = pixel_values(reference, image)
+        actual = pixel_values(ours, image)
         assert_same_pixels(expected, actual)
     # bestiary also takes a 2-D grey array (transformers asks for a channel axis).
-    grey = ours(photos["camera"][..., 0], return_tensors="pt")["pixel_values"]
-    assert_same_pixels(reference(photos["camera"], return_tensors="pt")["pixel_values"], grey)
+    grey = pixel_values(ours, photos["camera"][..., 0])
+    assert_same_pixels(pixel_values(reference, photos["camera"]), grey)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_float_input_matches_transformers(tmp_path, photos, dtype):
     reference, ours = reference_and_ours(tmp_path, transformers.ViTImageProcessor(do_rescale=False, resample=3))
     image = (photos["coffee"] / 255.0).astype(dtype)
-    expected = reference(image, return_tensors="pt")["pixel_values"]
-    actual = ours(image, return_tensors="pt")["pixel_values"]
+    expected = pixel_values(reference, image)
+    actual = pixel_values(ours, image)
     assert_same_pixels(expected, actual)
 
 
 def test_float_input_without_normalize_keeps_dtype_like_transformers(tmp_path, photos):
     reference, ours = reference_and_ours(tmp_path, transformers.ViTImageProcessor(do_rescale=False, do_normalize=False))
     image = photos["chelsea"].astype(np.float64) / 255.0
-    assert_same_pixels(reference(image, return_tensors="pt")["pixel_values"], ours(image, return_tensors="pt")["pixel_values"])
+    assert_same_pixels(pixel_values(reference, image), pixel_values(ours, image))
 
 
 def test_file_paths_and_batches_match_transformers(tmp_path, photos):
@@ -167,10 +173,10 @@ def test_file_paths_and_batches_match_transformers(tmp_path, photos):
     PIL.Image.fromarray(photos["chelsea"]).save(png)
     PIL.Image.fromarray(photos["coffee"]).save(jpeg, quality=90)
     batch = [str(png), str(jpeg), photos["astronaut"]]
-    expected = reference(batch, return_tensors="pt")["pixel_values"]
-    assert_same_pixels(expected, ours(batch, return_tensors="pt")["pixel_values"])
+    expected = pixel_values(reference, batch)
+    assert_same_pixels(expected, pixel_values(ours, batch))
     # Path objects work as well as strings.
-    assert_same_pixels(expected[:1], ours(png, return_tensors="pt")["pixel_values"])
+    assert_same_pixels(expected[:1], pixel_values(ours, png))
 
 
 def test_four_d_batch_and_numpy_output(tmp_path, photos):
@@ -187,8 +193,8 @@ def test_box_and_hamming_match_transformers_pil_backend(tmp_path, photos, resamp
     # transformers' torchvision processors cannot run these filters; its PIL backend can.
     reference = transformers.ViTImageProcessorPil(resample=resample)
     ours = ImageProcessor.from_pretrained(save_reference(tmp_path, reference))
-    expected = reference(photos["chelsea"], return_tensors="pt")["pixel_values"]
-    actual = ours(photos["chelsea"], return_tensors="pt")["pixel_values"]
+    expected = pixel_values(reference, photos["chelsea"])
+    actual = pixel_values(ours, photos["chelsea"])
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
 
 
@@ -197,7 +203,7 @@ def test_sam_style_longest_edge_and_pad_matches_transformers(tmp_path, photos):
     ours = ImageProcessor.from_pretrained(save_reference(tmp_path, reference))
     assert ours.do_pad and ours.size == {"longest_edge": 256}
     batch = [photos["chelsea"], photos["coffee"]]
-    assert_same_pixels(reference(batch, return_tensors="pt")["pixel_values"], ours(batch, return_tensors="pt")["pixel_values"])
+    assert_same_pixels(pixel_values(reference, batch), pixel_values(ours, batch))
 
 
 class ConvNextStyleProcessor(ImageProcessor):
@@ -222,7 +228,7 @@ def test_subclass_overriding_resize_matches_convnext(tmp_path, photos, shortest_
     )
     assert ours.crop_pct == pytest.approx(reference.crop_pct)
     for image in (photos["chelsea"], photos["astronaut"]):
-        assert_same_pixels(reference(image, return_tensors="pt")["pixel_values"], ours(image, return_tensors="pt")["pixel_values"])
+        assert_same_pixels(pixel_values(reference, image), pixel_values(ours, image))
     saved = ours.save_pretrained(tmp_path / "ours")[0]
     assert json.loads(saved.read_text())["image_processor_type"] == "ConvNextImageProcessor"
 
@@ -337,13 +343,15 @@ def test_kwargs_override_loaded_values(tmp_path):
 
 
 def test_bestiary_saved_config_loads_in_transformers(tmp_path, photos):
-    ours = ImageProcessor(size={"shortest_edge": 200}, do_center_crop=True, crop_size={"height": 180, "width": 190}, resample=3)
+    ours = ImageProcessor(
+        size={"shortest_edge": 200}, do_center_crop=True, crop_size={"height": 180, "width": 190}, resample=3
+    )
     ours.save_pretrained(tmp_path)
     data = json.loads((tmp_path / "preprocessor_config.json").read_text())
     assert data["image_processor_type"] == "ViTImageProcessor"
     theirs = transformers.AutoImageProcessor.from_pretrained(tmp_path)
     assert type(theirs).__name__ == "ViTImageProcessor"
-    assert_same_pixels(theirs(photos["coffee"], return_tensors="pt")["pixel_values"], ours(photos["coffee"], return_tensors="pt")["pixel_values"])
+    assert_same_pixels(pixel_values(theirs, photos["coffee"]), pixel_values(ours, photos["coffee"]))
 
 
 def test_loaded_type_key_is_written_back(tmp_path):
