@@ -1,0 +1,220 @@
+"""Matrix products with block-quantized weights (Q8_0, Q4_0, Q4_1) kept packed in memory.
+
+Backends, chosen by :func:`set_kernel_backend` or ``BESTIARY_GGUF_KERNELS``:
+
+- ``"native"``: C kernels (:mod:`.native`) that dequantize a block in registers
+  and multiply it at once; used for up to :data:`NATIVE_MAX_ROWS` input rows
+  (decoding). More rows (prefill) are served by dequantizing chunks of weight
+  rows with the native dequantizer and multiplying with torch's GEMM.
+- ``"compile"``: the torch formula compiled by ``torch.compile`` (inductor);
+  falls back to ``"eager"`` if compiling fails.
+- ``"eager"``: plain torch; weight rows are dequantized chunk by chunk (never
+  the whole matrix at once) and multiplied.
+- ``"auto"`` (default): ``"native"`` if the C kernels build here, else ``"eager"``.
+
+All backends accumulate in float32 and agree with "dequantize, then matmul"
+to float32 rounding. Inside a graph being compiled by ``torch.compile`` the
+plain torch formula is used, so whole-model compilation fuses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Callable
+
+import torch
+
+from bestiary.errors import ConfigError
+
+from .ggml_types import GGMLQuantizationType, resolve_type
+from .native import KIND_Q4_0, KIND_Q4_1, KIND_Q8_0, NativeKernels, cache_dir, load_native_kernels
+
+__all__ = [
+    "BACKENDS",
+    "NATIVE_MAX_ROWS",
+    "kernel_backend",
+    "set_kernel_backend",
+    "quantized_matmul",
+    "dequantize_packed",
+    "KINDS",
+]
+
+logger = logging.getLogger(__name__)
+
+Q = GGMLQuantizationType
+KINDS: dict[GGMLQuantizationType, int] = {Q.Q8_0: KIND_Q8_0, Q.Q4_0: KIND_Q4_0, Q.Q4_1: KIND_Q4_1}
+BACKENDS = ("auto", "native", "compile", "eager")
+ENV_VAR = "BESTIARY_GGUF_KERNELS"
+NATIVE_MAX_ROWS = 8
+"""Input rows up to which the fused native kernel is used; beyond, dequantize chunks + GEMM."""
+CHUNK_ELEMENTS = 1 << 21
+"""Weight values dequantized per step by the chunked path (8 MB of float32)."""
+
+_state_lock = threading.Lock()
+_requested: str | None = None
+_resolved: str | None = None
+_compiled: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def set_kernel_backend(name: str) -> None:
+    """Choose the backend for quantized layers: ``"auto"``, ``"native"``, ``"compile"`` or ``"eager"``."""
+    if name not in BACKENDS:
+        raise ConfigError(f"Unknown GGUF kernel backend {name!r}; choose one of {BACKENDS}.")
+    global _requested, _resolved
+    with _state_lock:
+        _requested, _resolved = name, None
+
+
+def kernel_backend() -> str:
+    """Return the backend in use: ``"native"``, ``"compile"`` or ``"eager"`` (``"auto"`` resolved)."""
+    global _resolved
+    if _resolved is not None:
+        return _resolved
+    with _state_lock:
+        requested = _requested or os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+        if requested not in BACKENDS:
+            logger.warning("%s=%r is not one of %s; using 'auto'", ENV_VAR, requested, BACKENDS)
+            requested = "auto"
+        if requested in ("auto", "native"):
+            resolved = "native" if load_native_kernels() is not None else "eager"
+            if requested == "native" and resolved != "native":
+                logger.warning("Native GGUF kernels were requested but are unavailable; using eager torch.")
+        else:
+            resolved = requested
+        _resolved = resolved
+        return resolved
+
+
+def _native() -> NativeKernels:
+    kernels = load_native_kernels()
+    if kernels is None:  # only reachable if the library vanished after resolution
+        raise RuntimeError("native GGUF kernels are not loaded")
+    return kernels
+
+
+def _ptr(tensor: torch.Tensor | None) -> int | None:
+    return tensor.data_ptr() if tensor is not None else None
+
+
+# ---------------------------------------------------------------- torch formulas
+
+
+def dequantize_packed(
+    kind: int, values: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None
+) -> torch.Tensor:
+    """Return float32 weights ``[rows, K]`` from packed rows (plain torch; traceable by torch.compile)."""
+    rows = values.shape[0]
+    scale = scales.to(torch.float32).unsqueeze(-1)
+    if kind == KIND_Q8_0:
+        return (values.view(rows, -1, 32).to(torch.float32) * scale).reshape(rows, -1)
+    packed = values.view(rows, -1, 16)
+    nibbles = torch.cat([packed & 0x0F, packed >> 4], dim=-1)
+    if kind == KIND_Q4_0:
+        return (scale * (nibbles.to(torch.int8) - 8).to(torch.float32)).reshape(rows, -1)
+    if mins is None:
+        raise ValueError("Q4_1 weights need their block minimums (mins)")
+    return (scale * nibbles.to(torch.float32) + mins.to(torch.float32).unsqueeze(-1)).reshape(rows, -1)
+
+
+def _fused_torch_matmul(
+    x: torch.Tensor, kind: int, values: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None
+) -> torch.Tensor:
+    """``x @ W.T`` as one expression over blocks, which inductor fuses into a single reduction."""
+    rows, n_blocks = scales.shape
+    weight = dequantize_packed(kind, values, scales, mins).view(1, rows, n_blocks, 32)
+    return (x.view(x.shape[0], 1, n_blocks, 32) * weight).sum(dim=(-1, -2))
+
+
+def _compiled_matmul() -> Callable[..., torch.Tensor] | None:
+    if "matmul" in _compiled:
+        return _compiled["matmul"]
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+    try:
+        compiled = torch.compile(_fused_torch_matmul, dynamic=False)
+    except Exception as error:  # torch.compile is unavailable on some platforms
+        logger.warning("torch.compile unavailable for GGUF kernels (%s); using eager torch.", error)
+        compiled = None
+    _compiled["matmul"] = compiled
+    return compiled
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+def _dequantize_rows(
+    kind: int, values: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, start: int, stop: int, native: bool
+) -> torch.Tensor:
+    if not native:
+        return dequantize_packed(kind, values[start:stop], scales[start:stop], None if mins is None else mins[start:stop])
+    k = scales.shape[1] * 32
+    out = torch.empty(stop - start, k, dtype=torch.float32)
+    _native().dequantize(
+        kind, _ptr(values), _ptr(scales), _ptr(mins), start, stop - start, k, _ptr(out), torch.get_num_threads()
+    )
+    return out
+
+
+def _chunked_matmul(
+    x: torch.Tensor, kind: int, values: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, native: bool
+) -> torch.Tensor:
+    rows, k = scales.shape[0], scales.shape[1] * 32
+    step = max(1, CHUNK_ELEMENTS // k)
+    if rows <= step:
+        return x @ _dequantize_rows(kind, values, scales, mins, 0, rows, native).T
+    out = torch.empty(x.shape[0], rows, dtype=torch.float32)
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        torch.mm(x, _dequantize_rows(kind, values, scales, mins, start, stop, native).T, out=out[:, start:stop])
+    return out
+
+
+def _native_matmul(
+    x: torch.Tensor, kind: int, values: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None
+) -> torch.Tensor:
+    rows = scales.shape[0]
+    out = torch.empty(x.shape[0], rows, dtype=torch.float32)
+    status = _native().matmul(
+        kind, x.data_ptr(), x.shape[0], x.shape[1], values.data_ptr(), scales.data_ptr(), _ptr(mins),
+        rows, out.data_ptr(), torch.get_num_threads(),
+    )
+    if status != 0:
+        raise MemoryError("native GGUF matmul could not allocate its scratch memory")
+    return out
+
+
+def quantized_matmul(
+    x: torch.Tensor,
+    ggml_type: GGMLQuantizationType | str,
+    values: torch.Tensor,
+    scales: torch.Tensor,
+    mins: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Return float32 ``x @ W.T`` for ``x`` ``[M, K]`` and a packed weight ``W`` ``[N, K]``.
+
+    ``values``: int8 ``[N, K]`` (Q8_0) or uint8 ``[N, K/2]`` (Q4_0/Q4_1);
+    ``scales`` and ``mins`` (Q4_1 only): float16 ``[N, K/32]``.
+    """
+    kind = KINDS[resolve_type(ggml_type)]
+    x = x.to(torch.float32)
+    if torch.compiler.is_compiling():
+        return x @ dequantize_packed(kind, values, scales, mins).T
+    x = x.contiguous()
+    on_cpu = x.device.type == "cpu" and values.device.type == "cpu"
+    backend = kernel_backend() if on_cpu else "eager"
+    if backend == "native":
+        if x.shape[0] <= NATIVE_MAX_ROWS:
+            return _native_matmul(x, kind, values, scales, mins)
+        return _chunked_matmul(x, kind, values, scales, mins, native=True)
+    if backend == "compile" and x.shape[0] <= NATIVE_MAX_ROWS:
+        compiled = _compiled_matmul()
+        if compiled is not None:
+            try:
+                return compiled(x, kind, values, scales, mins)
+            except Exception as error:
+                logger.warning("torch.compile of the GGUF kernel failed (%s); using eager torch.", error)
+                _compiled["matmul"] = None
+    if not on_cpu:
+        return x @ dequantize_packed(kind, values, scales, mins).T
+    return _chunked_matmul(x, kind, values, scales, mins, native=False)
