@@ -448,3 +448,18 @@ def test_batch_feature_access_and_to():
     import pickle
 
     assert pickle.loads(pickle.dumps(batch)).keys() == batch.keys()
+
+
+def test_loads_from_a_prefilled_hub_cache_offline(tmp_path, monkeypatch):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "cache" / "models--org--tiny-vit"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    (snapshot / "preprocessor_config.json").write_text(transformers.CLIPImageProcessor().to_json_string())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = ImageProcessor.from_pretrained("org/tiny-vit", cache_dir=tmp_path / "cache")
+    assert loaded.size == {"shortest_edge": 224} and loaded.transformers_type() == "CLIPImageProcessor"
+    with pytest.raises(HubError, match="preprocessor_config.json.*org/other"):
+        ImageProcessor.from_pretrained("org/other", cache_dir=tmp_path / "cache")

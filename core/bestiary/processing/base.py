@@ -148,7 +148,10 @@ class Preprocessor(BaseModel):
         if local.is_file():
             return read_json_object(local), local
         if cls.processor_key:
-            combined = resolve_file(path_or_repo, PROCESSOR_CONFIG_NAME, options, required=False)
+            try:
+                combined = resolve_file(path_or_repo, PROCESSOR_CONFIG_NAME, options, required=False)
+            except HubError:  # offline and not cached: report the main file below instead
+                combined = None
             if combined is not None:
                 nested = read_json_object(combined).get(cls.processor_key)
                 if isinstance(nested, dict):

@@ -8,14 +8,12 @@ torch is imported only when a conversion to torch is asked for.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
 
 from bestiary.errors import ProcessingError
 
-logger = logging.getLogger(__name__)
 
 _TENSOR_TYPES = ("pt", "np")
 
