@@ -100,6 +100,13 @@ def choose_tensor_type(name: str, shape: tuple[int, ...], requested: GGMLQuantiz
     return Q.F16
 
 
+def _set_alignment(writer: GGUFWriter, value: Any) -> None:
+    alignment = int(value.value if isinstance(value, TypedValue) else value)
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise ConfigError(f"GGUF metadata 'general.alignment' must be a power of two, got {alignment}.")
+    writer.add_custom_alignment(alignment)
+
+
 def _add_tensor(writer: GGUFWriter, name: str, tensor: torch.Tensor, ggml_type: GGMLQuantizationType) -> None:
     data = quantize(tensor, ggml_type, name=repr(name))
     if ggml_type in (Q.F32, Q.F16):
@@ -140,6 +147,9 @@ def write_gguf(
         writer = GGUFWriter(temp_name, arch, use_temp_file=True)
         for key, value in metadata.items():
             if key == "general.architecture":
+                continue
+            if key == "general.alignment":
+                _set_alignment(writer, value)
                 continue
             typed = _typed(key, value)
             writer.add_key_value(key, typed.value, typed.value_type, sub_type=typed.item_type)
