@@ -108,11 +108,28 @@ def parameters_on_meta() -> Iterator[None]:
             param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
         original(module, name, param)
 
+    # Layers initialise their parameters in __init__; on meta tensors that is wasted work (and the first
+    # meta random op imports torch._dynamo, several seconds), so torch.nn.init does nothing meanwhile.
+    saved_init = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS if hasattr(nn.init, name)}
     nn.Module.register_parameter = register_on_meta
+    for name in saved_init:
+        setattr(nn.init, name, _skip_init)
     try:
         yield
     finally:
         nn.Module.register_parameter = original
+        for name, function in saved_init.items():
+            setattr(nn.init, name, function)
+
+
+_INIT_FUNCTIONS = (
+    "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+    "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_",
+)
+
+
+def _skip_init(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return tensor
 
 
 class PreTrainedModel(nn.Module):
