@@ -1,0 +1,92 @@
+"""The installed ``bestiary`` command, run in a subprocess for each subcommand, including failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+BESTIARY = shutil.which("bestiary", path=str(Path(sys.executable).parent)) or "bestiary"
+
+
+def bestiary(*args: str, input_text: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "BESTIARY_STRICT_PLUGINS"}
+    return subprocess.run([BESTIARY, *args], capture_output=True, text=True, input=input_text, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=64)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def test_help_everywhere():
+    for command in ([], ["list"], ["plugins"], ["info"], ["run"], ["chat"], ["convert"]):
+        result = bestiary(*command, "--help")
+        assert result.returncode == 0 and "usage: bestiary" in result.stdout, command
+
+
+def test_list_filters_and_json():
+    result = bestiary("list", "--task", "causal-lm", "--json")
+    rows = json.loads(result.stdout)
+    assert {"llama", "mistral", "qwen2"} <= {row["model_type"] for row in rows}
+    assert all("causal-lm" in row["tasks"] for row in rows)
+    text = bestiary("list", "--plugin", "bestiary-text").stdout
+    assert "llama" in text and "bestiary-text" in text
+
+
+def test_list_does_not_import_torch():
+    code = "import sys; from bestiary.cli import main; main(['list']); assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_plugins_reports_what_is_installed():
+    report = json.loads(bestiary("plugins", "--json").stdout)
+    names = {plugin["name"] for plugin in report["plugins"]}
+    assert {"text", "core"} <= names
+    assert report["failures"] == []
+
+
+def test_info_on_a_folder(tiny_llama):
+    result = bestiary("info", str(tiny_llama), "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    reference = transformers.LlamaForCausalLM.from_pretrained(tiny_llama)
+    assert info["model_type"] == "llama"
+    assert info["parameters"] == sum(p.numel() for p in reference.parameters())
+    assert "AutoModelForCausalLM" in info["auto_classes"] and "text-generation" in info["pipelines"]
+    assert info["size_on_disk_bytes"] > 0
+
+
+def test_failures_print_one_line_and_exit_1(tmp_path):
+    result = bestiary("info", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "config.json not found" in result.stderr
+    debug = bestiary("--debug", "info", str(tmp_path))
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_usage_errors_exit_2():
+    assert bestiary("frobnicate").returncode == 2
+    assert bestiary("run", "text-generation").returncode == 2
+    assert bestiary("run", "text-generation", "--model", "x", "hi", "--option", "novalue").returncode == 2
+
+
+def test_convert_changes_dtype_and_reshards(tiny_llama, tmp_path):
+    target = tmp_path / "half"
+    result = bestiary("convert", str(tiny_llama), str(target), "--dtype", "float16", "--max-shard-size", "20KB")
+    assert result.returncode == 0, result.stderr
+    assert len(list(target.glob("model-*.safetensors"))) > 1
+    converted = transformers.LlamaForCausalLM.from_pretrained(target)
+    assert converted.dtype == torch.float16
