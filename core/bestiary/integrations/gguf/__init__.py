@@ -24,8 +24,8 @@ _EXPORTS = {
     "GGUFTensorInfo": "reader",
     "dequantize": "dequant",
     "SUPPORTED_TYPES": "dequant",
-    "quantize": "quantize",
-    "QUANTIZABLE_TYPES": "quantize",
+    "quantize": "quantizer",
+    "QUANTIZABLE_TYPES": "quantizer",
     "write_gguf": "writer",
     "QuantizedLinear": "quantized_linear",
     "QuantizedEmbedding": "quantized_linear",
@@ -33,8 +33,8 @@ _EXPORTS = {
     "KEPT_QUANTIZED_TYPES": "quantized_linear",
     "kernel_backend": "kernels",
     "set_kernel_backend": "kernels",
-    "GGUFTokenizerData": "tokenizer_from_gguf",
-    "tokenizer_from_gguf": "tokenizer_from_gguf",
+    "GGUFTokenizerData": "gguf_tokenizer",
+    "tokenizer_from_gguf": "gguf_tokenizer",
     "resolve_type": "ggml_types",
 }
 

@@ -28,7 +28,7 @@ from bestiary.errors import CheckpointError, ConfigError, WeightShapeError
 
 from .ggml_types import GGMLQuantizationType, block_layout, resolve_type
 from .kernels import KINDS, dequantize_packed, quantized_matmul
-from .quantize import quantize
+from .quantizer import quantize
 
 __all__ = [
     "QuantizedLinear",

@@ -24,7 +24,7 @@ from gguf import GGUFValueType, GGUFWriter
 from bestiary.errors import CheckpointError, ConfigError
 
 from .ggml_types import GGMLQuantizationType, resolve_type
-from .quantize import can_quantize, quantize
+from .quantizer import can_quantize, quantize
 
 __all__ = ["write_gguf", "TypedValue", "choose_tensor_type"]
 
