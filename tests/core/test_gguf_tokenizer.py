@@ -154,7 +154,7 @@ def test_sentencepiece_flags(tiny_spm_file: Path) -> None:
     metadata = tiny_spm_metadata(**{"tokenizer.ggml.add_bos_token": False, "tokenizer.ggml.add_eos_token": True,
                                     "tokenizer.ggml.add_space_prefix": False})
     data = tokenizer_from_gguf({k: v.value if isinstance(v, TypedValue) else v for k, v in metadata.items()})
-    assert data.tokenizer.encode("hello").tokens == ["h", "e", "llo", "</s>"]
+    assert data.tokenizer.encode("hello").tokens == ["he", "llo", "</s>"]  # no "▁" put in front
     assert data.add_eos_token is True and data.wrapper_kwargs()["add_bos_token"] is False
 
 
