@@ -137,7 +137,7 @@ class DPRReaderTokenizer(_DPRTokenizer):
         return self.pad(
             encoded,
             padding=padding,
-            max_length=max_length,
+            max_length=max_length if padding == "max_length" else None,
             return_attention_mask=return_attention_mask,
             return_tensors=return_tensors,
         )

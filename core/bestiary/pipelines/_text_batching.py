@@ -1,0 +1,106 @@
+"""Batching for text pipelines: pad token tensors to a common length, cut outputs back per input.
+
+An item (one pipeline input) may produce several rows, for example the
+windows of a long question-answering context. ``preprocess`` returns each
+item's token tensors as [rows, length]; :meth:`TokenBatching.collate` pads
+them to the longest item and stacks every row, remembering how many rows
+each item has; :meth:`TokenBatching.split` uses that count to cut the model
+output back into items. Values that are not tensors travel as per-item lists.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from bestiary.errors import ProcessingError
+
+ROWS_KEY = "_rows"
+TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class TokenBatching:
+    """Mixin for :class:`~bestiary.pipelines.base.Pipeline` subclasses that feed token ids to a model."""
+
+    tokenizer: Any
+    model: Any
+
+    def _pad_value(self, key: str) -> int:
+        if key == "input_ids":
+            pad_id = self.tokenizer.pad_token_id
+            if pad_id is None:
+                raise ProcessingError(
+                    "Inputs of different lengths must be padded, but the tokenizer has no padding token. Pass "
+                    "batch_size=1, or set one (tokenizer.pad_token = tokenizer.eos_token)."
+                )
+            return int(pad_id)
+        if key == "token_type_ids":
+            return int(getattr(self.tokenizer, "pad_token_type_id", 0))
+        return 0
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Pad every item's token tensors to the longest one and stack all rows; other values become lists."""
+        side = getattr(self.tokenizer, "padding_side", "right")
+        length = max(item["input_ids"].shape[-1] for item in items)
+        batch: dict[str, Any] = {ROWS_KEY: [item["input_ids"].shape[0] for item in items]}
+        for key in items[0]:
+            values = [item[key] for item in items]
+            if all(isinstance(value, torch.Tensor) for value in values):
+                padded = [pad_to(value, length, self._pad_value(key), side) if value.dim() == 2 else value for value in values]
+                batch[key] = torch.cat(padded, dim=0)
+            else:
+                batch[key] = values
+        return batch
+
+    def split(self, output: dict[str, Any], size: int) -> list[dict[str, Any]]:
+        """Cut a batch output back into per-item outputs using the row counts recorded by :meth:`collate`."""
+        rows = output.get(ROWS_KEY) or [1] * size
+        bounds = [0]
+        for count in rows:
+            bounds.append(bounds[-1] + count)
+        total = bounds[-1]
+        items: list[dict[str, Any]] = [{} for _ in range(size)]
+        for key, value in output.items():
+            if key == ROWS_KEY:
+                continue
+            for index in range(size):
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == total:
+                    items[index][key] = value[bounds[index] : bounds[index + 1]]
+                elif isinstance(value, (list, tuple)) and len(value) == size:
+                    items[index][key] = value[index]
+                else:
+                    items[index][key] = value
+        return items
+
+    def model_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The token tensors of ``batch`` that the model's ``forward`` takes by name."""
+        accepted = _forward_parameters(self.model)
+        return {key: batch[key] for key in TOKEN_KEYS if key in batch and key in accepted}
+
+
+def pad_to(tensor: torch.Tensor, length: int, value: int, side: str = "right") -> torch.Tensor:
+    """Pad a [rows, n] tensor with ``value`` to [rows, length] on ``side``."""
+    missing = length - tensor.shape[-1]
+    if missing <= 0:
+        return tensor
+    filler = tensor.new_full((tensor.shape[0], missing), value)
+    return torch.cat([tensor, filler] if side == "right" else [filler, tensor], dim=-1)
+
+
+def rows_to_tensor(rows: list[list[int]], value: int) -> torch.Tensor:
+    """Stack lists of ints of different lengths into a right-padded [rows, longest] long tensor."""
+    length = max((len(row) for row in rows), default=0)
+    return torch.tensor([list(row) + [value] * (length - len(row)) for row in rows], dtype=torch.long)
+
+
+def _forward_parameters(model: Any) -> frozenset[str]:
+    cached = getattr(model, "_bestiary_forward_parameters", None)
+    if cached is None:
+        cached = frozenset(inspect.signature(model.forward).parameters)
+        try:
+            object.__setattr__(model, "_bestiary_forward_parameters", cached)
+        except (AttributeError, TypeError):
+            pass
+    return cached
