@@ -10,12 +10,36 @@ The contract a model relies on, per attention layer:
   layer attends to.
 - ``get_seq_length(layer_idx)``: how many tokens have been seen.
 
-``DynamicCache`` grows with the sequence; other caches live beside it.
+What ``generate()`` uses on top of it (all optional for a model):
+
+- ``begin_step(cache_position)``: prepare a step ahead of a compiled forward
+  (static caches record where the step writes; others ignore it).
+- ``rotary_positions(position_ids)``: the positions rotary embeddings should
+  use for the new tokens (the identity, except for :class:`SinkCache`, which
+  places tokens by their slot in the cache).
+- ``crop(length)`` (assisted decoding rolls rejected draft tokens back),
+  ``reorder_cache(beam_idx)`` (beam search), ``batch_repeat_interleave`` and
+  ``batch_select_indices`` (contrastive search, several return sequences).
+
+Caches in this package: :class:`DynamicCache` (the default, grows in chunks),
+:class:`~bestiary.generation.static_cache.StaticCache` and
+:class:`~bestiary.generation.static_cache.OffloadedStaticCache`
+(preallocated, ``torch.compile``-friendly),
+:class:`~bestiary.generation.window_cache.SlidingWindowCache` and
+:class:`~bestiary.generation.window_cache.SinkCache` (bounded memory),
+:class:`~bestiary.generation.quantized_cache.QuantizedCache` (int8/int4),
+:class:`~bestiary.generation.offloaded_cache.OffloadedCache` and
+:class:`EncoderDecoderCache` (self- plus cross-attention, for encoder-decoder
+models). :func:`create_cache` builds one by name.
 """
 
 from __future__ import annotations
 
+from typing import Any, Callable, Iterator
+
 import torch
+
+from bestiary.errors import GenerationError
 
 _GROWTH = 256
 
@@ -24,11 +48,17 @@ class Cache:
     """Base class of key/value caches."""
 
     is_compileable: bool = False
+    # True when layers hold different key layouts, so one mask cannot serve all layers.
+    per_layer_positions: bool = False
+    # False for caches that cannot forget tokens (assisted decoding needs crop()).
+    is_croppable: bool = True
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new keys/values of one layer and return everything that layer attends to."""
         raise NotImplementedError
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
+        """How many tokens the cache has seen (for ``layer_idx``)."""
         raise NotImplementedError
 
     def key_positions(self, layer_idx: int, cache_position: torch.Tensor) -> torch.Tensor:
@@ -36,21 +66,36 @@ class Cache:
         total = self.get_seq_length(layer_idx) + cache_position.shape[0]
         return torch.arange(total, device=cache_position.device)
 
+    def begin_step(self, cache_position: torch.Tensor) -> None:
+        """Prepare a step whose new tokens sit at ``cache_position`` (needed before compiled forwards)."""
+
+    def rotary_positions(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """Positions the rotary embedding should give the new tokens (the identity by default)."""
+        return position_ids
+
     def get_max_cache_shape(self) -> int | None:
         """Maximum number of tokens the cache holds, or None when unbounded."""
         return None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Reorder the batch dimension (beam search)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} cannot reorder its batch (needed by beam search).")
 
     def crop(self, max_length: int) -> None:
         """Forget every token after the first ``max_length`` (assisted decoding rollback)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} cannot forget tokens (needed by assisted decoding).")
 
     def reset(self) -> None:
         """Empty the cache."""
         raise NotImplementedError
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Repeat each batch row ``repeats`` times."""
+        raise NotImplementedError(f"{type(self).__name__} cannot expand its batch.")
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only the batch rows at ``indices``."""
+        self.reorder_cache(indices)
 
     @property
     def seen_tokens(self) -> int:
@@ -64,10 +109,11 @@ class DynamicCache(Cache):
     memory instead of concatenating the whole history again.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # accepts transformers' (config=...) and ignores it
         self._keys: list[torch.Tensor] = []
         self._values: list[torch.Tensor] = []
         self._lengths: list[int] = []
+        self._positions: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -101,6 +147,14 @@ class DynamicCache(Cache):
         self._lengths[layer_idx] = end
         return self._keys[layer_idx][:, :, :end], self._values[layer_idx][:, :, :end]
 
+    def key_positions(self, layer_idx: int, cache_position: torch.Tensor) -> torch.Tensor:
+        total = self.get_seq_length(layer_idx) + cache_position.shape[0]
+        positions = self._positions
+        if positions is None or positions.shape[0] < total or positions.device != cache_position.device:
+            positions = torch.arange(total + _GROWTH, device=cache_position.device)
+            self._positions = positions
+        return positions[:total]
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self._lengths[layer_idx] if layer_idx < len(self._lengths) else 0
 
@@ -112,7 +166,7 @@ class DynamicCache(Cache):
     def __getitem__(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.layer(layer_idx)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return (self.layer(i) for i in range(len(self._keys)))
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -149,3 +203,135 @@ class DynamicCache(Cache):
     def to_legacy_cache(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         """Return a tuple of (key, value) per layer."""
         return tuple(self.layer(i) for i in range(len(self._keys)))
+
+
+class EncoderDecoderCache(Cache):
+    """Two caches for an encoder-decoder model: decoder self-attention and cross-attention.
+
+    The cache contract (``key_positions``, ``update``, ``get_seq_length``,
+    ``crop``) applies to the self-attention cache, so a decoder can use this
+    object wherever it takes a cache. Cross-attention keys/values depend only
+    on the encoder output: a decoder layer computes them on the first step and
+    reads them back afterwards through :meth:`cross_attention`::
+
+        key, value = cache.cross_attention(layer_idx, lambda: (k_proj(enc), v_proj(enc)))
+
+    Beam search and contrastive search reorder and expand both caches.
+    """
+
+    def __init__(self, self_attention_cache: Cache | None = None, cross_attention_cache: Cache | None = None) -> None:
+        self.self_attention_cache = self_attention_cache if self_attention_cache is not None else DynamicCache()
+        self.cross_attention_cache = cross_attention_cache if cross_attention_cache is not None else DynamicCache()
+        self.is_updated: dict[int, bool] = {}
+        self.is_compileable = self.self_attention_cache.is_compileable
+        self.per_layer_positions = self.self_attention_cache.per_layer_positions
+        self.is_croppable = self.self_attention_cache.is_croppable
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.self_attention_cache.update(key, value, layer_idx)
+
+    def key_positions(self, layer_idx: int, cache_position: torch.Tensor) -> torch.Tensor:
+        return self.self_attention_cache.key_positions(layer_idx, cache_position)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.self_attention_cache.get_seq_length(layer_idx)
+
+    def begin_step(self, cache_position: torch.Tensor) -> None:
+        self.self_attention_cache.begin_step(cache_position)
+
+    def rotary_positions(self, position_ids: torch.Tensor) -> torch.Tensor:
+        return self.self_attention_cache.rotary_positions(position_ids)
+
+    def get_max_cache_shape(self) -> int | None:
+        return self.self_attention_cache.get_max_cache_shape()
+
+    def cross_attention(
+        self, layer_idx: int, compute: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys/values of a layer: ``compute()`` them once, then reuse the stored ones."""
+        if not self.is_updated.get(layer_idx, False):
+            key, value = compute()
+            self.cross_attention_cache.update(key, value, layer_idx)
+            self.is_updated[layer_idx] = True
+            return key, value
+        return self.cross_attention_cache.layer(layer_idx)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.self_attention_cache.reorder_cache(beam_idx)
+        self.cross_attention_cache.reorder_cache(beam_idx)
+
+    def crop(self, max_length: int) -> None:
+        self.self_attention_cache.crop(max_length)
+
+    def reset(self) -> None:
+        self.self_attention_cache.reset()
+        self.cross_attention_cache.reset()
+        self.is_updated = {}
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self.self_attention_cache.batch_repeat_interleave(repeats)
+        self.cross_attention_cache.batch_repeat_interleave(repeats)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.self_attention_cache.batch_select_indices(indices)
+        self.cross_attention_cache.batch_select_indices(indices)
+
+
+def create_cache(
+    implementation: str | None,
+    *,
+    model: Any = None,
+    max_cache_len: int | None = None,
+    options: dict[str, Any] | None = None,
+) -> Cache:
+    """Build the cache named ``implementation`` ("dynamic" when None) for ``model``.
+
+    ``options`` (``cache_config`` of the generation config) passes
+    cache-specific settings: ``window_length``/``num_sink_tokens`` (sink),
+    ``nbits``/``residual_length``/``q_group_size`` (quantized),
+    ``sliding_window`` (sliding_window), ``offload_device`` (offloaded).
+    """
+    options = dict(options or {})
+    name = implementation or "dynamic"
+    config = getattr(model, "config", None)
+    if name == "dynamic":
+        return DynamicCache()
+    if name in ("static", "offloaded_static"):
+        from bestiary.generation.static_cache import OffloadedStaticCache, StaticCache
+
+        if max_cache_len is None:
+            raise GenerationError("A static cache needs max_cache_len (the longest sequence it must hold).")
+        if name == "static":
+            return StaticCache(max_cache_len)
+        return OffloadedStaticCache(max_cache_len, offload_device=options.get("offload_device", "cpu"))
+    if name == "offloaded":
+        from bestiary.generation.offloaded_cache import OffloadedCache
+
+        return OffloadedCache(offload_device=options.get("offload_device", "cpu"))
+    if name == "sliding_window":
+        from bestiary.generation.window_cache import SlidingWindowCache
+
+        return SlidingWindowCache.for_model(model, window=options.get("sliding_window"))
+    if name == "sink":
+        from bestiary.generation.window_cache import SinkCache
+
+        unknown = set(options) - {"window_length", "num_sink_tokens"}
+        if unknown or "window_length" not in options:
+            raise GenerationError(
+                "cache_implementation='sink' needs cache_config={'window_length': N, 'num_sink_tokens': S}"
+                + (f"; unknown keys {sorted(unknown)}" if unknown else "")
+            )
+        return SinkCache.for_model(model, options["window_length"], options.get("num_sink_tokens", 4))
+    if name == "quantized":
+        from bestiary.generation.quantized_cache import QuantizedCache
+
+        allowed = {"nbits", "residual_length", "q_group_size", "backend"}
+        unknown = set(options) - allowed
+        if unknown:
+            raise GenerationError(f"cache_config has unknown keys {sorted(unknown)} for the quantized cache; allowed: {sorted(allowed)}")
+        options.pop("backend", None)
+        return QuantizedCache(**options)
+    raise GenerationError(f"Unknown cache_implementation {implementation!r} for {type(model).__name__ if model else 'the model'}.")
+
+
+__all__ = ["Cache", "DynamicCache", "EncoderDecoderCache", "create_cache"]
