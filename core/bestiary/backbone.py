@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import field_validator
+from pydantic import ValidationError, field_validator
 
 from bestiary.config import Config
 from bestiary.errors import ConfigError
@@ -170,7 +170,10 @@ class BackboneConfigMixin(Config):
         return list(value) if isinstance(value, tuple) else value
 
     def __init__(self, **data: Any) -> None:
-        super().__init__(**data)
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _config_error(exc, type(self)) from None
         self.align_stage_selection()
 
     def known_stage_names(self) -> list[str] | None:
@@ -240,6 +243,21 @@ class BackboneConfigMixin(Config):
             self.set_stage_selection(out_indices=value)
         else:
             super().__setattr__(name, value)
+
+
+def _config_error(exc: ValidationError, cls: type) -> ConfigError:
+    """Turn pydantic's error into a :class:`ConfigError`, keeping our own message when a validator raised one."""
+    problems = []
+    for error in exc.errors():
+        original = (error.get("ctx") or {}).get("error")
+        if isinstance(original, ConfigError):
+            problems.append(str(original))
+        else:
+            field = ".".join(str(part) for part in error["loc"]) or "(root)"
+            problems.append(f"field {field!r}: {error['msg']} (got {error.get('input')!r})")
+    if len(problems) == 1 and problems[0] and not problems[0].startswith("field "):
+        return ConfigError(problems[0])
+    return ConfigError(f"Invalid {cls.__name__}: " + "; ".join(problems))
 
 
 # -- the model side --------------------------------------------------------------
