@@ -49,6 +49,9 @@ BACKENDS = ("auto", "native", "compile", "eager")
 ENV_VAR = "BESTIARY_GGUF_KERNELS"
 NATIVE_MAX_ROWS = 8
 """Input rows up to which the fused native kernel is used; beyond, dequantize chunks + GEMM."""
+PARALLEL_MIN_WORK = 1 << 21
+"""Multiply-adds below which the native kernel runs on one thread: small products gain little
+from a second thread, and on a busy machine waiting for a preempted one costs milliseconds."""
 CHUNK_ELEMENTS = 1 << 21
 """Weight values dequantized per step by the chunked path (8 MB of float32)."""
 
@@ -175,9 +178,10 @@ def _native_matmul(
 ) -> torch.Tensor:
     rows = scales.shape[0]
     out = torch.empty(x.shape[0], rows, dtype=torch.float32)
+    threads = torch.get_num_threads() if x.numel() * rows >= PARALLEL_MIN_WORK else 1
     status = _native().matmul(
         kind, x.data_ptr(), x.shape[0], x.shape[1], values.data_ptr(), scales.data_ptr(), _ptr(mins),
-        rows, out.data_ptr(), torch.get_num_threads(),
+        rows, out.data_ptr(), threads,
     )
     if status != 0:
         raise MemoryError("native GGUF matmul could not allocate its scratch memory")
