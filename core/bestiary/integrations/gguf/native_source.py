@@ -170,6 +170,71 @@ static void bq_row(int kind, const uint8_t* row, const float* d, const float* mi
 #endif
 }
 
+#ifdef BQ_AVX2
+/* Decoding (M == 1): rows n and n+1 of W together, sharing the loads of x and giving the
+   core two independent accumulation chains. */
+static void bq_matvec_pair(int kind, const uint8_t* r0, const uint8_t* r1, const float* d0, const float* d1,
+                           const float* m0, const float* m1, int64_t nb, const float* x, const float* xs,
+                           float* out0, float* out1) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        __m256 w[4], v[4];
+        if (kind == 0) {
+            bq_load_q8((const int8_t*)r0 + b * 32, w);
+            bq_load_q8((const int8_t*)r1 + b * 32, v);
+        } else {
+            bq_load_q4(r0 + b * 16, kind == 1, w);
+            bq_load_q4(r1 + b * 16, kind == 1, v);
+        }
+        const float* xb = x + b * 32;
+        __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
+        __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
+        __m256 s = _mm256_fmadd_ps(w[2], x2, _mm256_mul_ps(w[0], x0));
+        __m256 t = _mm256_fmadd_ps(w[3], x3, _mm256_mul_ps(w[1], x1));
+        __m256 s2 = _mm256_fmadd_ps(v[2], x2, _mm256_mul_ps(v[0], x0));
+        __m256 t2 = _mm256_fmadd_ps(v[3], x3, _mm256_mul_ps(v[1], x1));
+        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(d0 + b), _mm256_add_ps(s, t), a0);
+        a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(d1 + b), _mm256_add_ps(s2, t2), a1);
+    }
+    float total0 = bq_hsum(a0), total1 = bq_hsum(a1);
+    if (kind == 2) {
+        float o0 = 0.f, o1 = 0.f;
+        for (int64_t b = 0; b < nb; ++b) { o0 += m0[b] * xs[b]; o1 += m1[b] * xs[b]; }
+        total0 += o0; total1 += o1;
+    }
+    *out0 = total0;
+    *out1 = total1;
+}
+
+static void bq_matvec(int kind, const float* x, int64_t K, const void* values, const uint16_t* scales,
+                      const uint16_t* mins, int64_t N, float* out, const float* xs, int nthreads) {
+    const int64_t nb = K / 32;
+    const int64_t row_bytes = kind == 0 ? K : K / 2;
+    #pragma omp parallel num_threads(nthreads)
+    {
+        float* params = (float*)malloc(sizeof(float) * (size_t)(4 * nb + 8));
+        if (params) {
+            float *d0 = params, *d1 = params + nb, *m0 = params + 2 * nb, *m1 = params + 3 * nb;
+            #pragma omp for schedule(static)
+            for (int64_t pair = 0; pair < (N + 1) / 2; ++pair) {
+                int64_t n = pair * 2, second = n + 1 < N ? n + 1 : n;
+                float spare;
+                bq_halves(scales + n * nb, d0, nb);
+                bq_halves(scales + second * nb, d1, nb);
+                if (kind == 2) {
+                    bq_halves(mins + n * nb, m0, nb);
+                    bq_halves(mins + second * nb, m1, nb);
+                }
+                const uint8_t* base = (const uint8_t*)values;
+                bq_matvec_pair(kind, base + n * row_bytes, base + second * row_bytes, d0, d1, m0, m1, nb, x, xs,
+                               out + n, second != n ? out + second : &spare);
+            }
+            free(params);
+        }
+    }
+}
+#endif
+
 /* out[M, N] = x[M, K] @ dequantized(W)[N, K]^T. Returns 0, or -1 when out of memory. */
 int bq_matmul(int kind, const float* x, int64_t M, int64_t K, const void* values, const uint16_t* scales,
               const uint16_t* mins, int64_t N, float* out, int nthreads) {
@@ -177,6 +242,13 @@ int bq_matmul(int kind, const float* x, int64_t M, int64_t K, const void* values
     const int64_t row_bytes = kind == 0 ? K : K / 2;
     float* xs = kind == 2 ? bq_block_sums(x, M, K) : NULL;
     if (kind == 2 && !xs) return -1;
+#ifdef BQ_AVX2
+    if (M == 1) {
+        bq_matvec(kind, x, K, values, scales, mins, N, out, xs, nthreads);
+        free(xs);
+        return 0;
+    }
+#endif
     #pragma omp parallel num_threads(nthreads)
     {
         float* params = (float*)malloc(sizeof(float) * (size_t)(2 * nb + 8));
