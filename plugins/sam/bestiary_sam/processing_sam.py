@@ -12,7 +12,9 @@ arrays / tensors):
 
 Coordinates are scaled into the resized frame the model sees. Images may
 carry different numbers of points: shorter ones are padded with points
-labelled ``point_pad_value`` (-10), which the model ignores.
+labelled ``point_pad_value`` (-10), which the prompt encoder embeds as zero
+tokens (as in transformers; unlike transformers, any number of missing
+points and prompts is padded).
 """
 
 from __future__ import annotations
