@@ -37,6 +37,7 @@ __all__ = [
     "kernel_backend",
     "set_kernel_backend",
     "quantized_matmul",
+    "packed_matmul",
     "dequantize_packed",
     "KINDS",
 ]
@@ -59,20 +60,22 @@ _state_lock = threading.Lock()
 _requested: str | None = None
 _resolved: str | None = None
 _compiled: dict[str, Callable[..., torch.Tensor]] = {}
+_native_kernels: NativeKernels | None = None  # set while the resolved backend is "native"
+_threads = 1
 
 
 def set_kernel_backend(name: str) -> None:
     """Choose the backend for quantized layers: ``"auto"``, ``"native"``, ``"compile"`` or ``"eager"``."""
     if name not in BACKENDS:
         raise ConfigError(f"Unknown GGUF kernel backend {name!r}; choose one of {BACKENDS}.")
-    global _requested, _resolved
+    global _requested, _resolved, _native_kernels
     with _state_lock:
-        _requested, _resolved = name, None
+        _requested, _resolved, _native_kernels = name, None, None
 
 
 def kernel_backend() -> str:
     """Return the backend in use: ``"native"``, ``"compile"`` or ``"eager"`` (``"auto"`` resolved)."""
-    global _resolved
+    global _resolved, _native_kernels
     if _resolved is not None:
         return _resolved
     with _state_lock:
@@ -86,15 +89,15 @@ def kernel_backend() -> str:
                 logger.warning("Native GGUF kernels were requested but are unavailable; using eager torch.")
         else:
             resolved = requested
+        _native_kernels = load_native_kernels() if resolved == "native" else None
         _resolved = resolved
         return resolved
 
 
 def _native() -> NativeKernels:
-    kernels = load_native_kernels()
-    if kernels is None:  # only reachable if the library vanished after resolution
+    if _native_kernels is None:
         raise RuntimeError("native GGUF kernels are not loaded")
-    return kernels
+    return _native_kernels
 
 
 def _ptr(tensor: torch.Tensor | None) -> int | None:
@@ -176,16 +179,38 @@ def _chunked_matmul(
 def _native_matmul(
     x: torch.Tensor, kind: int, values: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None
 ) -> torch.Tensor:
-    rows = scales.shape[0]
-    out = torch.empty(x.shape[0], rows, dtype=torch.float32)
-    threads = torch.get_num_threads() if x.numel() * rows >= PARALLEL_MIN_WORK else 1
+    rows, (m, k) = values.shape[0], x.shape
+    out = torch.empty(m, rows)
+    threads = _threads if m * k * rows >= PARALLEL_MIN_WORK else 1
     status = _native().matmul(
-        kind, x.data_ptr(), x.shape[0], x.shape[1], values.data_ptr(), scales.data_ptr(), _ptr(mins),
+        kind, x.data_ptr(), m, k, values.data_ptr(), scales.data_ptr(), None if mins is None else mins.data_ptr(),
         rows, out.data_ptr(), threads,
     )
     if status != 0:
         raise MemoryError("native GGUF matmul could not allocate its scratch memory")
     return out
+
+
+def packed_matmul(
+    x: torch.Tensor, kind: int, values: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None
+) -> torch.Tensor:
+    """:func:`quantized_matmul` with the kernel kind already resolved (the layers' per-call path).
+
+    Decoding-sized float32 CPU inputs go straight to the native kernel; the checks
+    are ordered cheapest first because this runs for every layer of every token.
+    """
+    global _threads
+    if (
+        _native_kernels is not None
+        and x.shape[0] <= NATIVE_MAX_ROWS
+        and x.dtype is torch.float32
+        and not x.is_cuda
+        and not torch.compiler.is_compiling()
+        and x.is_contiguous()
+    ):
+        _threads = torch.get_num_threads()
+        return _native_matmul(x, kind, values, scales, mins)
+    return _dispatch(x, kind, values, scales, mins)
 
 
 def quantized_matmul(
@@ -200,7 +225,13 @@ def quantized_matmul(
     ``values``: int8 ``[N, K]`` (Q8_0) or uint8 ``[N, K/2]`` (Q4_0/Q4_1);
     ``scales`` and ``mins`` (Q4_1 only): float16 ``[N, K/32]``.
     """
-    kind = KINDS[resolve_type(ggml_type)]
+    kernel_backend()
+    return packed_matmul(x, KINDS[resolve_type(ggml_type)], values, scales, mins)
+
+
+def _dispatch(
+    x: torch.Tensor, kind: int, values: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None
+) -> torch.Tensor:
     x = x.to(torch.float32)
     if torch.compiler.is_compiling():
         return x @ dequantize_packed(kind, values, scales, mins).T

@@ -27,7 +27,7 @@ from torch import nn
 from bestiary.errors import CheckpointError, ConfigError, WeightShapeError
 
 from .ggml_types import GGMLQuantizationType, block_layout, resolve_type
-from .kernels import KINDS, dequantize_packed, quantized_matmul
+from .kernels import KINDS, dequantize_packed, kernel_backend, packed_matmul
 from .quantizer import quantize
 
 __all__ = [
@@ -89,6 +89,8 @@ class _PackedWeight(nn.Module):
         if cols % 32:
             raise ConfigError(f"{type(self).__name__}: in_features {cols} is not a multiple of 32.")
         self.ggml_type = ggml_type
+        self._kind = KINDS[ggml_type]
+        kernel_backend()  # resolve (and build the native kernels) now, not on the first token
         value_dtype, value_cols = (torch.int8, cols) if ggml_type == Q.Q8_0 else (torch.uint8, cols // 2)
         self.register_buffer("qweight", torch.zeros(rows, value_cols, dtype=value_dtype, device=device))
         self.register_buffer("scales", torch.zeros(rows, cols // 32, dtype=torch.float16, device=device))
@@ -128,7 +130,7 @@ class QuantizedLinear(_PackedWeight):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self._init_buffers(out_features, in_features, _kept_type(ggml_type, "QuantizedLinear"), device)
-        self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
+        self.register_parameter("bias", nn.Parameter(torch.zeros(out_features, device=device)) if bias else None)
 
     @classmethod
     def from_gguf(
@@ -157,15 +159,18 @@ class QuantizedLinear(_PackedWeight):
         return cls.from_gguf(raw, ggml_type, tuple(weight.shape), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
+        shape = x.shape
+        if shape[-1] != self.in_features:
             raise WeightShapeError(
-                f"QuantizedLinear expects inputs with {self.in_features} features, got shape {tuple(x.shape)}."
+                f"QuantizedLinear expects inputs with {self.in_features} features, got shape {tuple(shape)}."
             )
-        flat = x.reshape(-1, self.in_features)
-        out = quantized_matmul(flat, self.ggml_type, self.qweight, self.scales, self.mins)
-        if self.bias is not None:
-            out = out + self.bias.to(out.dtype)
-        return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        buffers = self._buffers  # direct dict reads: nn.Module.__getattr__ costs microseconds per token
+        out = packed_matmul(x.reshape(-1, shape[-1]), self._kind, buffers["qweight"], buffers["scales"], buffers["mins"])
+        bias = self._parameters.get("bias")
+        if bias is not None:
+            out += bias
+        out = out.view(*shape[:-1], self.out_features)
+        return out if x.dtype is torch.float32 else out.to(x.dtype)
 
     def extra_repr(self) -> str:
         return (
