@@ -73,7 +73,9 @@ def non_maximum_suppression(scores: torch.Tensor, radius: int) -> torch.Tensor:
     size = 2 * radius + 1
 
     def window_max(values: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(values.unsqueeze(1), kernel_size=size, stride=1, padding=radius).squeeze(1)
+        # A square max is a row max then a column max: same values, a fraction of the work.
+        rows = F.max_pool2d(values.unsqueeze(1), kernel_size=(1, size), stride=1, padding=(0, radius))
+        return F.max_pool2d(rows, kernel_size=(size, 1), stride=1, padding=(radius, 0)).squeeze(1)
 
     is_max = scores == window_max(scores)
     for _ in range(2):
