@@ -16,116 +16,62 @@ transformers implements it, so that greedy decoding gives the same tokens:
    and the next window starts at the last complete segment, so timestamps
    continue past 30 s.
 
-Each window is decoded greedily by :meth:`WhisperGenerationMixin._decode_window`
-with an encoder-decoder key/value cache.
+Each window is decoded by the core engine (``GenerationMixin.generate``
+with an :class:`~bestiary.generation.cache.EncoderDecoderCache`): greedy by
+default, and any strategy the engine offers with one hypothesis per row
+(sampling, beam search).
+
+Whisper-specific settings (``lang_to_id``, ``task_to_id``,
+``no_timestamps_token_id``, ``max_initial_timestamp_index``,
+``prev_sot_token_id``, ``is_multilingual``, ``forced_decoder_ids``) are
+extra keys of the checkpoint's :class:`~bestiary.generation.config.GenerationConfig`,
+read from ``generation_config.json`` as transformers writes them.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch.nn import functional as F
 
-from bestiary.config import atomic_write_text
-from bestiary.errors import ConfigError, GenerationError
+from bestiary.errors import GenerationError
+from bestiary.generation.config import GENERATION_CONFIG_NAME, GenerationConfig
+from bestiary.generation.logits_process import LogitsProcessor
 from bestiary.generation.mixin import GenerationMixin
 from bestiary.hub import HubOptions, resolve_file
 from bestiary.outputs import BaseModelOutput, ModelOutput
-from bestiary_whisper.cache import EncoderDecoderCache
 from bestiary_whisper.languages import TASKS, language_token
 
 logger = logging.getLogger(__name__)
 
-GENERATION_CONFIG_NAME = "generation_config.json"
 TIME_PRECISION = 0.02  # seconds per timestamp token
 FEATURE_TIME_PRECISION = 0.01  # seconds per mel frame
+# Settings of one generate() call that only make sense for the whole audio, not for one window.
+_WHISPER_ONLY = ("language", "task", "return_timestamps", "is_multilingual", "condition_on_prev_tokens")
 
-LogitsRule = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+def whisper_generation_config(config: Any) -> GenerationConfig:
+    """Generation settings a checkpoint without ``generation_config.json`` gets from its model config.
 
-class WhisperGenerationConfig(BaseModel):
-    """Generation settings of a Whisper checkpoint (``generation_config.json``).
-
-    Keys bestiary does not use (``alignment_heads``, ``forced_decoder_ids``,
-    thresholds, ...) are kept and written back unchanged.
+    Like transformers, Whisper's token suppression lists and legacy
+    ``forced_decoder_ids`` come along with the special tokens.
     """
+    settings = GenerationConfig.from_model_config(config).explicit_settings()
+    for name in ("suppress_tokens", "begin_suppress_tokens", "forced_decoder_ids"):
+        value = getattr(config, name, None)
+        if value is not None:
+            settings[name] = list(value)
+    return GenerationConfig(**settings)
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True, protected_namespaces=())
 
-    decoder_start_token_id: int | None = None
-    bos_token_id: int | None = None
-    eos_token_id: int | list[int] | None = None
-    pad_token_id: int | None = None
-    max_length: int = 20
-    max_new_tokens: int | None = None
-    suppress_tokens: list[int] | None = None
-    begin_suppress_tokens: list[int] | None = None
-    no_timestamps_token_id: int | None = None
-    prev_sot_token_id: int | None = None
-    lang_to_id: dict[str, int] | None = None
-    task_to_id: dict[str, int] | None = None
-    is_multilingual: bool | None = None
-    max_initial_timestamp_index: int | None = None
-    return_timestamps: bool | None = None
-    language: str | list[str] | None = None
-    task: str | None = None
-    forced_decoder_ids: list[list[int | None]] | None = None
-    condition_on_prev_tokens: bool | None = None
-
-    @classmethod
-    def from_model_config(cls, config: Any) -> "WhisperGenerationConfig":
-        """Settings a checkpoint without ``generation_config.json`` gets from its model config."""
-        return cls(
-            decoder_start_token_id=config.decoder_start_token_id,
-            bos_token_id=config.bos_token_id,
-            eos_token_id=config.eos_token_id,
-            pad_token_id=config.pad_token_id,
-            suppress_tokens=config.suppress_tokens,
-            begin_suppress_tokens=config.begin_suppress_tokens,
-            forced_decoder_ids=getattr(config, "forced_decoder_ids", None),
-        )
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "WhisperGenerationConfig":
-        """Read ``generation_config.json``; raise :class:`ConfigError` naming the file when it is invalid."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"Cannot read the generation settings in {path}: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a JSON object.")
-        data.pop("transformers_version", None)
-        try:
-            return cls.model_validate(data)
-        except ValueError as exc:
-            raise ConfigError(f"Invalid generation settings in {path}: {exc}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as transformers writes them (unset values left out)."""
-        data = {key: value for key, value in self.model_dump().items() if value is not None}
-        data["transformers_version"] = "5.24.0"
-        return dict(sorted(data.items()))
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Write ``generation_config.json`` into ``save_directory`` atomically."""
-        path = Path(save_directory) / GENERATION_CONFIG_NAME
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        return path
-
-    def eos_ids(self) -> list[int]:
-        """The end-of-sequence ids as a list."""
-        if self.eos_token_id is None:
-            return []
-        return list(self.eos_token_id) if isinstance(self.eos_token_id, list) else [self.eos_token_id]
+def _setting(config: GenerationConfig, name: str, default: Any = None) -> Any:
+    """A field or Whisper-specific extra key of ``config`` (``lang_to_id``, ``no_timestamps_token_id``, ...)."""
+    value = getattr(config, name, None)
+    return default if value is None else value
 
 
 @dataclass
@@ -142,37 +88,7 @@ class WhisperGenerateOutput(ModelOutput):
 
 
 # -- logits rules ------------------------------------------------------------------------------
-class SuppressTokens:
-    """Forbid some tokens at every step."""
-
-    def __init__(self, tokens: Sequence[int]) -> None:
-        self.tokens = sorted({int(t) for t in tokens})
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        vocab = scores.shape[-1]
-        tokens = [t for t in self.tokens if 0 <= t < vocab]
-        if tokens:
-            scores = scores.clone()
-            scores[:, tokens] = -float("inf")
-        return scores
-
-
-class SuppressTokensAtBegin:
-    """Forbid some tokens (the blank and end of text) as the first generated token."""
-
-    def __init__(self, tokens: Sequence[int], begin_index: int) -> None:
-        self.suppress = SuppressTokens(tokens)
-        self.begin_index = begin_index
-
-    def set_begin_index(self, begin_index: int) -> None:
-        """Index of the first generated token in the decoder input."""
-        self.begin_index = begin_index
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        return self.suppress(input_ids, scores) if input_ids.shape[-1] == self.begin_index else scores
-
-
-class TimestampRules:
+class TimestampRules(LogitsProcessor):
     """Whisper's timestamp grammar.
 
     - ``<|notimestamps|>`` is never generated;
@@ -347,21 +263,37 @@ def split_into_segments(
 
 # -- the mixin ---------------------------------------------------------------------------------
 class WhisperGenerationMixin(GenerationMixin):
-    """``generate()`` and language detection for :class:`WhisperForConditionalGeneration`."""
+    """``generate()`` (short- and long-form) and language detection for :class:`WhisperForConditionalGeneration`."""
 
-    generation_config: WhisperGenerationConfig
+    @property
+    def generation_config(self) -> GenerationConfig:
+        """The checkpoint's generation settings (``generation_config.json``, or derived from config.json)."""
+        config = self.__dict__.get("_generation_config")
+        if config is None:
+            config = whisper_generation_config(self.config)
+            self.__dict__["_generation_config"] = config
+        return config
 
-    @staticmethod
-    def default_generation_config(config: Any) -> WhisperGenerationConfig:
-        """Generation settings derived from the model config (used when a checkpoint has none)."""
-        return WhisperGenerationConfig.from_model_config(config)
+    @generation_config.setter
+    def generation_config(self, value: GenerationConfig | None) -> None:
+        if value is not None and not isinstance(value, GenerationConfig):
+            raise GenerationError(f"generation_config must be a GenerationConfig, got {type(value).__name__}.")
+        self.__dict__["_generation_config"] = value
 
-    def _after_pretrained_load(self, path_or_repo: str | os.PathLike, options: HubOptions) -> None:
-        path = resolve_file(path_or_repo, GENERATION_CONFIG_NAME, options, required=False)
-        if path is not None:
-            self.generation_config = WhisperGenerationConfig.from_file(path)
-        else:
+    def _load_generation_config(self, path_or_repo: str | os.PathLike, options: HubOptions) -> None:
+        from bestiary.config import read_config_file
+        from bestiary.errors import HubError
+
+        try:
+            path = resolve_file(path_or_repo, GENERATION_CONFIG_NAME, options, required=False)
+        except HubError as exc:
+            logger.debug("No generation config for %s: %s", path_or_repo, exc)
+            path = None
+        if path is None:
             logger.info("%s has no %s; generation settings come from config.json.", path_or_repo, GENERATION_CONFIG_NAME)
+            self.generation_config = whisper_generation_config(self.config)
+        else:
+            self.generation_config = GenerationConfig.from_dict(read_config_file(path), source=path)
 
     # -- public API ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -369,12 +301,13 @@ class WhisperGenerationMixin(GenerationMixin):
         self,
         input_features: torch.Tensor | None = None,
         encoder_outputs: Any = None,
-        generation_config: WhisperGenerationConfig | None = None,
+        generation_config: GenerationConfig | None = None,
         num_segment_frames: int | None = None,
     ) -> torch.Tensor:
         """Return the most likely language token id of each recording (from its first window)."""
         config = generation_config or self.generation_config
-        if not config.lang_to_id:
+        lang_to_id = _setting(config, "lang_to_id")
+        if not lang_to_id:
             raise GenerationError(
                 "Language detection needs generation_config.lang_to_id (the language tokens); this checkpoint's "
                 "generation_config.json has none, so it is probably English-only."
@@ -387,11 +320,11 @@ class WhisperGenerationMixin(GenerationMixin):
             if window.shape[-1] < frames:
                 window = F.pad(window, (0, frames - window.shape[-1]))
             encoder_outputs = self.get_encoder()(window)
-        hidden = encoder_outputs[0] if not isinstance(encoder_outputs, BaseModelOutput) else encoder_outputs.last_hidden_state
+        hidden = _encoder_hidden(encoder_outputs)
         start = torch.full((hidden.shape[0], 1), config.decoder_start_token_id, dtype=torch.long, device=hidden.device)
         logits = self(encoder_outputs=(hidden,), decoder_input_ids=start, use_cache=False).logits[:, -1]
         allowed = torch.full_like(logits, -float("inf"))
-        language_ids = list(config.lang_to_id.values())
+        language_ids = list(lang_to_id.values())
         allowed[:, language_ids] = logits[:, language_ids]
         return allowed.argmax(-1)
 
@@ -399,9 +332,11 @@ class WhisperGenerationMixin(GenerationMixin):
     def generate(
         self,
         input_features: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
+        generation_config: GenerationConfig | None = None,
+        logits_processor: Sequence[Any] | None = None,
+        stopping_criteria: Sequence[Any] | None = None,
         *,
-        generation_config: WhisperGenerationConfig | None = None,
+        attention_mask: torch.Tensor | None = None,
         language: str | Sequence[str] | None = None,
         task: str | None = None,
         return_timestamps: bool | None = None,
@@ -409,15 +344,11 @@ class WhisperGenerationMixin(GenerationMixin):
         prompt_ids: torch.Tensor | None = None,
         prompt_condition_type: str | None = None,
         condition_on_prev_tokens: bool | None = None,
-        max_new_tokens: int | None = None,
-        max_length: int | None = None,
         return_segments: bool = False,
-        return_dict_in_generate: bool = False,
         encoder_outputs: Any = None,
-        logits_processor: Sequence[LogitsRule] | None = None,
         inputs: torch.Tensor | None = None,
         **kwargs: Any,
-    ) -> torch.Tensor | WhisperGenerateOutput:
+    ) -> Any:
         """Transcribe or translate log-mel features; return token ids (or segments).
 
         ``input_features`` [batch, mel bins, frames]: up to one window (3000
@@ -427,32 +358,53 @@ class WhisperGenerationMixin(GenerationMixin):
         ``language`` ("fr", "french" or "<|fr|>", or one per recording) and
         ``task`` ("transcribe" or "translate") set the decoder prompt; without
         a language, multilingual checkpoints detect it. ``return_timestamps``
-        lets the model emit timestamp tokens. Returns the generated tokens of
-        each recording (prompt and end-of-text removed, right-padded with the
-        pad token), like transformers; ``return_segments=True`` adds the timed
-        segments and ``return_dict_in_generate=True`` returns an output object.
+        lets the model emit timestamp tokens. Other keyword arguments are
+        generation settings (``max_new_tokens``, ``num_beams``, ...).
+
+        Returns the generated tokens of each recording (prompt and
+        end-of-text removed, right-padded with the pad token), like
+        transformers. ``return_segments=True`` returns a
+        :class:`WhisperGenerateOutput` with the timed segments;
+        ``return_dict_in_generate=True`` on short audio without timestamps
+        returns the engine's output (whole sequences, prompt included).
         """
         if input_features is None and inputs is not None:
             input_features = inputs
-        config = self._generation_settings(generation_config, max_new_tokens, max_length, kwargs)
+        config = self._merged_settings(generation_config, kwargs)
         if input_features is None and encoder_outputs is None:
             raise GenerationError("generate() needs input_features (a log-mel spectrogram) or encoder_outputs.")
         stride = self.config.input_stride
         window = self.config.num_segment_frames
         if input_features is not None:
+            if input_features.dim() != 3:
+                raise GenerationError(
+                    f"input_features must be [batch, mel bins, frames]; got shape {list(input_features.shape)}."
+                )
             batch_size, total_frames = input_features.shape[0], input_features.shape[-1]
         else:
-            hidden = encoder_outputs[0] if not isinstance(encoder_outputs, BaseModelOutput) else encoder_outputs.last_hidden_state
+            hidden = _encoder_hidden(encoder_outputs)
             batch_size, total_frames = hidden.shape[0], hidden.shape[1] * stride
         is_shortform = total_frames <= window
         return_timestamps = self._resolve_timestamps(config, return_timestamps, is_shortform)
-        timestamp_begin = (
-            config.no_timestamps_token_id + 1 if config.no_timestamps_token_id is not None else self.config.vocab_size + 1
-        )
+        no_timestamps = _setting(config, "no_timestamps_token_id")
+        timestamp_begin = no_timestamps + 1 if no_timestamps is not None else self.config.vocab_size + 1
         self._set_language_and_task(config, language, task, is_multilingual)
         init_tokens = self._init_tokens(config, input_features, encoder_outputs, batch_size, return_timestamps)
-        rules = self._logits_rules(config, return_timestamps, init_tokens.shape[1], logits_processor)
-        condition = bool(config.condition_on_prev_tokens) if condition_on_prev_tokens is None else condition_on_prev_tokens
+        rules = list(logits_processor or [])
+        if return_timestamps:
+            eos_ids = config.eos_token_ids
+            eos = eos_ids[0] if eos_ids else config.bos_token_id
+            rules.insert(
+                0,
+                TimestampRules(
+                    no_timestamps, eos, init_tokens.shape[1], _setting(config, "max_initial_timestamp_index")
+                ),
+            )
+        condition = (
+            bool(_setting(config, "condition_on_prev_tokens", False))
+            if condition_on_prev_tokens is None
+            else condition_on_prev_tokens
+        )
         condition_type = prompt_condition_type or "first-segment"
         if condition_type not in ("first-segment", "all-segments"):
             raise GenerationError(
@@ -476,31 +428,37 @@ class WhisperGenerationMixin(GenerationMixin):
         if prompt_ids is not None:
             prompt_ids = torch.as_tensor(prompt_ids, dtype=torch.long, device=self.device)
             if condition_type == "first-segment":
-                body = prompt_ids[1:] if int(prompt_ids[0]) == (config.prev_sot_token_id or -1) else prompt_ids
+                prev_sot = _setting(config, "prev_sot_token_id", -1)
+                body = prompt_ids[1:] if int(prompt_ids[0]) == prev_sot else prompt_ids
                 segments = [[{"tokens": body}] for _ in range(batch_size)]
         conditioned = [condition] * batch_size
+        want_dict = bool(config.return_dict_in_generate) and is_shortform and not return_timestamps
         active = list(range(batch_size))
         features = input_features
-        last_window_output: torch.Tensor | None = None
+        window_output: Any = None
         while bool((seek < max_frames).any()):
-            keep = [i for i, item in enumerate(active) if seek[item] < max_frames[item]]
+            keep = [row for row, item in enumerate(active) if seek[item] < max_frames[item]]
             if features is not None and len(keep) != len(active):
                 features = features[keep]
-            active = [active[i] for i in keep]
+            active = [active[row] for row in keep]
             time_offset = seek.double() * TIME_PRECISION / stride
             window_frames = (max_frames - seek).clamp(max=window)
-            window_input = self._window_input(features, seek, window_frames, window, active)
-            window_encoder = None if window_input is not None else encoder_outputs
+            if features is not None:
+                window_encoder = self.get_encoder()(self._window_input(features, seek, window_frames, window, active))
+            else:
+                window_encoder = encoder_outputs
             decoder_input_ids, decoder_mask = self._decoder_prompt(
                 init_tokens[active], segments, active, conditioned, prompt_ids, condition_type, config, timestamp_begin
             )
-            length_limit = self._length_limit(config, decoder_input_ids.shape[-1])
+            prompt_length = decoder_input_ids.shape[-1]
             for rule in rules:
                 if hasattr(rule, "set_begin_index"):
-                    rule.set_begin_index(decoder_input_ids.shape[-1])
-            output = self._decode_window(window_input, window_encoder, decoder_input_ids, decoder_mask, rules, length_limit, config)
-            last_window_output = output
-            generated = output[:, decoder_input_ids.shape[-1] :]
+                    rule.set_begin_index(prompt_length)
+            window_output = self._decode_window(
+                window_encoder, decoder_input_ids, decoder_mask, config, rules, stopping_criteria, want_dict
+            )
+            output_ids = window_output.sequences if want_dict else window_output
+            generated = output_ids[:, prompt_length:]
             for row, item in enumerate(active):
                 tokens = self._strip_padding(generated[row], config)
                 conditioned[item] = condition
@@ -510,60 +468,53 @@ class WhisperGenerationMixin(GenerationMixin):
                     window_frames=int(window_frames[item]),
                     timestamp_begin=timestamp_begin,
                     input_stride=stride,
-                    result=output[row],
-                    index_offset=decoder_input_ids.shape[-1],
+                    result=output_ids[row],
+                    index_offset=prompt_length,
                 )
                 seek[item] += advance
                 segments[item] += found
 
-        final = [items[1:] for items in segments] if prompt_ids is not None and condition_type == "first-segment" else segments
-        if return_dict_in_generate and not return_timestamps and last_window_output is not None and is_shortform:
-            return WhisperGenerateOutput(sequences=last_window_output, segments=final if return_segments else None)
+        final = segments
+        if prompt_ids is not None and condition_type == "first-segment":
+            final = [items[1:] for items in segments]
+        if want_dict and not return_segments:
+            return window_output
         sequences = concatenate_segments(final, config.pad_token_id, self.device)
-        if return_segments or return_dict_in_generate:
+        if return_segments:
             return WhisperGenerateOutput(sequences=sequences, segments=final)
         return sequences
 
     # -- settings ------------------------------------------------------------------------------
-    def _generation_settings(
-        self,
-        generation_config: WhisperGenerationConfig | None,
-        max_new_tokens: int | None,
-        max_length: int | None,
-        kwargs: dict[str, Any],
-    ) -> WhisperGenerationConfig:
-        config = (generation_config or self.generation_config).model_copy(deep=True)
-        if max_new_tokens is not None:
-            config.max_new_tokens = max_new_tokens
-        if max_length is not None:
-            config.max_length = max_length
-        unsupported = {}
-        for key, value in kwargs.items():
-            if key in ("num_beams", "num_return_sequences") and value in (None, 1):
-                continue
-            if key == "do_sample" and not value:
-                continue
-            if key == "temperature" and value in (None, 0, 0.0):
-                continue
-            if key in ("output_scores", "output_attentions", "output_hidden_states", "use_cache") and not value:
-                continue
-            if key in type(config).model_fields or key in (config.model_extra or {}):
-                setattr(config, key, value)
-            else:
-                unsupported[key] = value
-        if unsupported:
+    def _merged_settings(self, generation_config: GenerationConfig | None, kwargs: dict[str, Any]) -> GenerationConfig:
+        """The model's settings, overridden by ``generation_config``, overridden by keyword arguments."""
+        layers = dict(self.generation_config.explicit_settings())
+        if generation_config is not None:
+            if not isinstance(generation_config, GenerationConfig):
+                raise GenerationError(
+                    f"generation_config must be a GenerationConfig, got {type(generation_config).__name__}."
+                )
+            layers.update(generation_config.explicit_settings())
+        settings = {key: kwargs.pop(key) for key in list(kwargs) if key in GenerationConfig.model_fields}
+        if kwargs:
             raise GenerationError(
-                f"Whisper's generate() does not support {sorted(unsupported)} here: it decodes greedily "
-                "(no sampling, beams or temperature fallback). Remove these arguments."
+                f"Whisper's generate() got unknown arguments {sorted(kwargs)}: they are neither generation settings "
+                "(GenerationConfig fields) nor Whisper options (language, task, return_timestamps, prompt_ids, ...)."
+            )
+        layers.update(settings)
+        config = GenerationConfig(**layers)
+        if config.num_return_sequences > 1:
+            raise GenerationError(
+                "num_return_sequences > 1 is not supported by Whisper's generate(): each recording gets one "
+                "transcript (its windows are chained). Call generate() several times with do_sample=True instead."
             )
         if config.decoder_start_token_id is None:
             raise GenerationError("generation_config.decoder_start_token_id is not set; set it to <|startoftranscript|>.")
         if config.pad_token_id is None:
-            config.pad_token_id = config.eos_ids()[0] if config.eos_ids() else 0
+            config.pad_token_id = config.eos_token_ids[0] if config.eos_token_ids else 0
         return config
 
-    def _resolve_timestamps(self, config: WhisperGenerationConfig, requested: bool | None, is_shortform: bool) -> bool:
-        value = config.return_timestamps if requested is None else requested
+    def _resolve_timestamps(self, config: GenerationConfig, requested: bool | None, is_shortform: bool) -> bool:
+        value = _setting(config, "return_timestamps") if requested is None else requested
         if not is_shortform:
             if value is False:
                 raise GenerationError(
@@ -572,27 +523,26 @@ class WhisperGenerationMixin(GenerationMixin):
                 )
             logger.info("Long-form audio: transcribing window by window with timestamps.")
             value = True
-        if value and config.no_timestamps_token_id is None:
+        if value and _setting(config, "no_timestamps_token_id") is None:
             raise GenerationError(
                 "return_timestamps=True needs generation_config.no_timestamps_token_id (the <|notimestamps|> id); "
                 "this checkpoint's generation_config.json does not set it."
             )
-        config.return_timestamps = bool(value)
         return bool(value)
 
     @staticmethod
     def _set_language_and_task(
-        config: WhisperGenerationConfig, language: Any, task: str | None, is_multilingual: bool | None
+        config: GenerationConfig, language: Any, task: str | None, is_multilingual: bool | None
     ) -> None:
         if is_multilingual is not None:
             config.is_multilingual = is_multilingual
-        if config.is_multilingual is False and (language is not None or task is not None):
+        if _setting(config, "is_multilingual") is False and (language is not None or task is not None):
             raise GenerationError(
                 "This checkpoint is English-only (generation_config.is_multilingual is false): it takes no language "
                 "or task. Remove them, or pass is_multilingual=True if the model really is multilingual."
             )
         if language is not None:
-            if not config.lang_to_id:
+            if not _setting(config, "lang_to_id"):
                 raise GenerationError(
                     "language= needs generation_config.lang_to_id; this checkpoint's generation_config.json has none."
                 )
@@ -600,32 +550,37 @@ class WhisperGenerationMixin(GenerationMixin):
         if task is not None:
             if task not in TASKS:
                 raise GenerationError(f"task={task!r} is not supported; use one of {list(TASKS)}.")
-            if not config.task_to_id:
+            if not _setting(config, "task_to_id"):
                 raise GenerationError("task= needs generation_config.task_to_id; this checkpoint's settings have none.")
             config.task = task
 
-    def _language_id(self, config: WhisperGenerationConfig, language: str) -> int:
-        token = language_token(language, config.lang_to_id or {})
-        if token not in (config.lang_to_id or {}):
+    @staticmethod
+    def _language_id(config: GenerationConfig, language: str) -> int:
+        lang_to_id = _setting(config, "lang_to_id", {})
+        token = language_token(language, lang_to_id)
+        if token not in lang_to_id:
             raise GenerationError(
                 f"Language {language!r} ({token}) is not one this checkpoint knows; its languages are "
-                f"{sorted(config.lang_to_id or {})[:10]}... (generation_config.lang_to_id)."
+                f"{sorted(lang_to_id)[:10]}... (generation_config.lang_to_id)."
             )
-        return config.lang_to_id[token]
+        return lang_to_id[token]
 
     def _init_tokens(
         self,
-        config: WhisperGenerationConfig,
+        config: GenerationConfig,
         input_features: torch.Tensor | None,
         encoder_outputs: Any,
         batch_size: int,
         return_timestamps: bool,
     ) -> torch.Tensor:
         """The decoder prompt of each recording: start, language, task, and maybe <|notimestamps|>."""
-        language, task = config.language, config.task
+        language, task = _setting(config, "language"), _setting(config, "task")
+        lang_to_id = _setting(config, "lang_to_id")
+        task_to_id = _setting(config, "task_to_id")
+        no_timestamps = _setting(config, "no_timestamps_token_id")
         base: list[int | None] = [config.decoder_start_token_id]
         if task is None and language is None:
-            forced = config.forced_decoder_ids or getattr(self.config, "forced_decoder_ids", None)
+            forced = _setting(config, "forced_decoder_ids") or getattr(self.config, "forced_decoder_ids", None)
             if forced:
                 logger.info("Using forced_decoder_ids from the generation settings; prefer language= and task=.")
                 if forced[0][0] == 1:
@@ -636,8 +591,8 @@ class WhisperGenerationMixin(GenerationMixin):
                         expected += 1
                     if forced:
                         raise GenerationError(
-                            f"forced_decoder_ids {config.forced_decoder_ids} do not follow Whisper's prompt pattern "
-                            "(positions 1, 2, 3, ... without gaps)."
+                            "forced_decoder_ids do not follow Whisper's prompt pattern (positions 1, 2, 3, ... "
+                            "without gaps); set language= and task= instead."
                         )
         language_undefined = len(base) <= 1 or base[1] is None
         if isinstance(language, list):
@@ -651,56 +606,36 @@ class WhisperGenerationMixin(GenerationMixin):
             languages: list[Any] = list(language)
         else:
             languages = [language] * batch_size
-        rows = [list(base) for _ in range(batch_size)]
         language_ids: list[int] | None = None
         if language is not None:
             language_ids = [self._language_id(config, item) for item in languages]
-        elif config.lang_to_id and language_undefined:
+        elif lang_to_id and language_undefined:
             language_ids = self.detect_language(
                 input_features=input_features,
                 encoder_outputs=encoder_outputs if input_features is None else None,
                 generation_config=config,
             ).tolist()
-        for row_index, row in enumerate(rows):
+        rows = []
+        for index in range(batch_size):
+            row = list(base)
             if language_ids is not None:
                 if len(row) > 1:
-                    row[1] = language_ids[row_index]
+                    row[1] = language_ids[index]
                 else:
-                    row.append(language_ids[row_index])
+                    row.append(language_ids[index])
             if task is not None:
-                row.append(config.task_to_id[task])
-            elif language is not None and config.task_to_id:
-                if not any(token in row for token in config.task_to_id.values()):
-                    row.append(config.task_to_id["transcribe"])
-            no_timestamps = config.no_timestamps_token_id
+                row.append(task_to_id[task])
+            elif language is not None and task_to_id:
+                if not any(token in row for token in task_to_id.values()):
+                    row.append(task_to_id["transcribe"])
             if not return_timestamps and no_timestamps is not None and row[-1] != no_timestamps:
                 row.append(no_timestamps)
             elif return_timestamps and row[-1] == no_timestamps:
                 row.pop()
-            rows[row_index] = [token for token in row if token is not None]
+            rows.append([token for token in row if token is not None])
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
-    def _logits_rules(
-        self,
-        config: WhisperGenerationConfig,
-        return_timestamps: bool,
-        begin_index: int,
-        extra: Sequence[LogitsRule] | None,
-    ) -> list[LogitsRule]:
-        rules: list[LogitsRule] = []
-        if config.begin_suppress_tokens:
-            rules.append(SuppressTokensAtBegin(config.begin_suppress_tokens, begin_index))
-        if config.suppress_tokens:
-            rules.append(SuppressTokens(config.suppress_tokens))
-        if return_timestamps:
-            eos = config.eos_ids()[0] if config.eos_ids() else config.bos_token_id
-            rules.append(
-                TimestampRules(config.no_timestamps_token_id, eos, begin_index, config.max_initial_timestamp_index)
-            )
-        rules.extend(extra or [])
-        return rules
-
-    def _length_limit(self, config: WhisperGenerationConfig, prompt_length: int) -> int:
+    def _length_limit(self, config: GenerationConfig, prompt_length: int) -> int:
         """Total decoder length (prompt included) a window may reach."""
         limit = self.config.max_target_positions
         if config.max_new_tokens is not None:
@@ -711,19 +646,14 @@ class WhisperGenerationMixin(GenerationMixin):
                 )
             return prompt_length + config.max_new_tokens
         initial = min(limit // 2 - 1, prompt_length)
-        return min(config.max_length + initial, limit)
+        length = min((config.max_length or 20) + initial, limit)
+        return max(length, prompt_length + 1)
 
     # -- windows -----------------------------------------------------------------------------
     @staticmethod
     def _window_input(
-        features: torch.Tensor | None,
-        seek: torch.Tensor,
-        window_frames: torch.Tensor,
-        window: int,
-        active: list[int],
-    ) -> torch.Tensor | None:
-        if features is None:
-            return None
+        features: torch.Tensor, seek: torch.Tensor, window_frames: torch.Tensor, window: int, active: list[int]
+    ) -> torch.Tensor:
         pieces = []
         for row, item in enumerate(active):
             start = int(seek[item])
@@ -741,7 +671,7 @@ class WhisperGenerationMixin(GenerationMixin):
         conditioned: list[bool],
         prompt_ids: torch.Tensor | None,
         condition_type: str,
-        config: WhisperGenerationConfig,
+        config: GenerationConfig,
         timestamp_begin: int,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The decoder input of a window, with previous text (and its attention mask) when conditioning."""
@@ -750,9 +680,10 @@ class WhisperGenerationMixin(GenerationMixin):
             if prompt_ids is not None and condition_type == "all-segments":
                 prefix = prompt_ids
             else:
-                prev_sot = config.prev_sot_token_id
-                if prev_sot is None and config.suppress_tokens and len(config.suppress_tokens) >= 2:
-                    prev_sot = config.suppress_tokens[-2]
+                prev_sot = _setting(config, "prev_sot_token_id")
+                suppress = config.suppress_tokens
+                if prev_sot is None and suppress and len(suppress) >= 2:
+                    prev_sot = suppress[-2]
                 prefix = torch.tensor([prev_sot], device=init_tokens.device) if prev_sot is not None else None
             context = concatenate_segments(
                 previous,
@@ -765,17 +696,17 @@ class WhisperGenerationMixin(GenerationMixin):
                 timestamp_begin=timestamp_begin,
             )
             decoder_input_ids = torch.cat([context, init_tokens], dim=-1)
-            return decoder_input_ids, decoder_input_ids != config.pad_token_id
+            return decoder_input_ids, (decoder_input_ids != config.pad_token_id).long()
         if prompt_ids is not None:
             context = prompt_ids[None].repeat(init_tokens.shape[0], 1)
             return torch.cat([context, init_tokens], dim=-1), None
         return init_tokens, None
 
     @staticmethod
-    def _strip_padding(tokens: torch.Tensor, config: WhisperGenerationConfig) -> torch.Tensor:
+    def _strip_padding(tokens: torch.Tensor, config: GenerationConfig) -> torch.Tensor:
         """Remove padding after the end of text, then the end-of-text token itself."""
         pad = config.pad_token_id
-        eos_ids = config.eos_ids()
+        eos_ids = config.eos_token_ids
         if len(tokens) and int(tokens[-1]) == pad:
             count = int((tokens == pad).sum())
             if pad in eos_ids:
@@ -788,57 +719,47 @@ class WhisperGenerationMixin(GenerationMixin):
 
     def _decode_window(
         self,
-        window_input: torch.Tensor | None,
         encoder_outputs: Any,
         decoder_input_ids: torch.Tensor,
         decoder_attention_mask: torch.Tensor | None,
-        rules: Sequence[LogitsRule],
-        length_limit: int,
-        config: WhisperGenerationConfig,
-    ) -> torch.Tensor:
-        """Greedy decoding of one window; return the full sequences (prompt included).
+        config: GenerationConfig,
+        rules: Sequence[Any],
+        stopping_criteria: Sequence[Any] | None,
+        return_dict: bool,
+    ) -> Any:
+        """Decode one window with the core engine; return the full sequences (prompt included).
 
-        A finished row (it produced an end-of-text token) continues with the
-        pad token until every row has finished or ``length_limit`` is reached.
+        Token suppression comes from the settings (the engine builds those
+        processors, starting at the end of this window's prompt); the
+        timestamp rules and any user processors run after them.
         """
-        if encoder_outputs is None:
-            encoder_outputs = self.get_encoder()(window_input)
-        elif not isinstance(encoder_outputs, BaseModelOutput):
-            encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
-        eos_ids = torch.tensor(config.eos_ids(), dtype=torch.long, device=decoder_input_ids.device)
-        sequences = decoder_input_ids
-        batch = sequences.shape[0]
-        unfinished = torch.ones(batch, dtype=torch.bool, device=sequences.device)
-        cache = EncoderDecoderCache()
-        mask = decoder_attention_mask.long() if decoder_attention_mask is not None else None
-        step_input = sequences
-        while sequences.shape[-1] < length_limit:
-            positions = None
-            if mask is not None:
-                positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)[:, -step_input.shape[-1] :]
-            logits = self(
-                encoder_outputs=encoder_outputs,
-                decoder_input_ids=step_input,
-                decoder_attention_mask=mask,
-                decoder_position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-            ).logits[:, -1, :].float()
-            for rule in rules:
-                logits = rule(sequences, logits)
-            next_tokens = logits.argmax(dim=-1)
-            next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, config.pad_token_id))
-            sequences = torch.cat([sequences, next_tokens[:, None]], dim=-1)
-            if mask is not None:
-                mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=-1)
-            if eos_ids.numel():
-                unfinished = unfinished & ~torch.isin(next_tokens, eos_ids)
-            if not bool(unfinished.any()):
-                break
-            step_input = next_tokens[:, None]
-        return sequences
+        fields = GenerationConfig.model_fields
+        settings = {
+            key: value
+            for key, value in config.explicit_settings().items()
+            if key not in _WHISPER_ONLY and not (key in fields and value == fields[key].default)
+        }
+        settings.update(
+            max_length=self._length_limit(config, decoder_input_ids.shape[-1]),
+            max_new_tokens=None,
+            return_dict_in_generate=return_dict,
+        )
+        inputs: dict[str, Any] = {"encoder_outputs": encoder_outputs, "decoder_input_ids": decoder_input_ids}
+        if decoder_attention_mask is not None:
+            inputs["decoder_attention_mask"] = decoder_attention_mask
+        return GenerationMixin.generate(
+            self,
+            None,
+            generation_config=GenerationConfig(**settings),
+            logits_processor=list(rules),
+            stopping_criteria=stopping_criteria,
+            **inputs,
+        )
 
 
-def copy_settings(config: WhisperGenerationConfig) -> WhisperGenerationConfig:
-    """A deep copy of generation settings."""
-    return copy.deepcopy(config)
+def _encoder_hidden(encoder_outputs: Any) -> torch.Tensor:
+    if isinstance(encoder_outputs, torch.Tensor):
+        return encoder_outputs
+    if isinstance(encoder_outputs, BaseModelOutput):
+        return encoder_outputs.last_hidden_state
+    return encoder_outputs[0]

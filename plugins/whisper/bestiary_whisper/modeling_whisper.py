@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bestiary.errors import ProcessingError
+from bestiary.generation.cache import Cache, DynamicCache, EncoderDecoderCache
 from bestiary.modeling import PreTrainedModel
 from bestiary.nn.activations import get_activation
 from bestiary.nn.attention import AttentionMask, attend, build_attention_mask
@@ -33,7 +34,6 @@ from bestiary.outputs import (
     Seq2SeqModelOutput,
     SequenceClassifierOutput,
 )
-from bestiary_whisper.cache import EncoderDecoderCache
 from bestiary_whisper.configuration_whisper import WhisperConfig
 from bestiary_whisper.generation_whisper import WhisperGenerationMixin
 
@@ -112,19 +112,16 @@ class WhisperAttention(nn.Module):
         batch, length, _ = hidden_states.shape
         query = self._heads(self.q_proj(hidden_states) * self.scaling, batch)
         if key_value_states is not None:
-            if cache is not None and cache.is_updated.get(self.layer_idx):
-                key, value = cache.cross_attention_cache.layer(self.layer_idx)
-            else:
-                key = self._heads(self.k_proj(key_value_states), batch)
-                value = self._heads(self.v_proj(key_value_states), batch)
-                if cache is not None:
-                    key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
-                    cache.is_updated[self.layer_idx] = True
+
+            def project() -> tuple[torch.Tensor, torch.Tensor]:
+                return self._heads(self.k_proj(key_value_states), batch), self._heads(self.v_proj(key_value_states), batch)
+
+            key, value = cache.cross_attention(self.layer_idx, project) if cache is not None else project()
         else:
             key = self._heads(self.k_proj(hidden_states), batch)
             value = self._heads(self.v_proj(hidden_states), batch)
             if cache is not None:
-                key, value = cache.self_attention_cache.update(key, value, self.layer_idx)
+                key, value = cache.update(key, value, self.layer_idx)
         output, weights = attend(
             query,
             key,
@@ -262,7 +259,9 @@ class WhisperEncoder(nn.Module):
         input_features: torch.Tensor,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        attention_mask: torch.Tensor | None = None,
     ) -> BaseModelOutput:
+        """Encode [batch, mel bins, frames] features (``attention_mask`` is accepted and unused, as in transformers)."""
         expected = self.config.num_segment_frames
         if input_features.dim() != 3 or input_features.shape[-1] != expected:
             raise ProcessingError(
@@ -326,6 +325,8 @@ class WhisperDecoder(nn.Module):
         cache = past_key_values
         if use_cache and cache is None:
             cache = EncoderDecoderCache()
+        elif isinstance(cache, Cache) and not isinstance(cache, EncoderDecoderCache):
+            cache = EncoderDecoderCache(cache, DynamicCache())
         past_length = cache.get_seq_length() if cache is not None else 0
         length = inputs_embeds.shape[1]
         if past_length + length > self.config.max_target_positions:
@@ -475,7 +476,6 @@ class WhisperForConditionalGeneration(WhisperGenerationMixin, WhisperPreTrainedM
         self.model = WhisperModel(config)
         self.proj_out = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.max_target_positions = config.max_target_positions
-        self.generation_config = self.default_generation_config(config)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
