@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -91,17 +92,20 @@ class TimmBackbone(BackboneMixin, PreTrainedModel):
         self._built_indices = tuple(sorted(set(self.out_indices)))
         self.weight_source, pretrained, overlay = self._resolve_weights(config.backbone, weights)
         try:
-            self._backbone = timm.create_model(
-                config.backbone,
-                pretrained=pretrained,
-                out_indices=self._built_indices,
-                pretrained_cfg_overlay=overlay,
-                **create_kwargs,
-            )
+            with _TimmLoadReport() as load_report:
+                self._backbone = timm.create_model(
+                    config.backbone,
+                    pretrained=pretrained,
+                    out_indices=self._built_indices,
+                    pretrained_cfg_overlay=overlay,
+                    **create_kwargs,
+                )
         except (OSError, RuntimeError, ValueError) as exc:
             if not pretrained:
                 raise
             raise self._weight_error(config.backbone, exc) from exc
+        if pretrained:
+            self._check_loaded(timm, config.backbone, load_report)
         built = [int(i) % len(stage_names) for i in self._backbone.feature_info.out_indices]
         if tuple(built) != self._built_indices:
             raise ConfigError(
@@ -170,6 +174,22 @@ class TimmBackbone(BackboneMixin, PreTrainedModel):
             f"Could not fetch pretrained timm weights for {name!r}: {type(exc).__name__}: {exc}. Is a hub "
             "reachable? Without one, pass weights='<path to a timm state dict>' (or weights='random')."
         )
+
+    def _check_loaded(self, timm: Any, name: str, report: "_TimmLoadReport") -> None:
+        """Refuse weights that left layers randomly initialised (timm only logs that when extracting features)."""
+        classifier = timm.models.get_pretrained_cfg_value(name, "classifier") or ()
+        heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+        missing = [key for key in report.missing if not any(key.startswith(f"{head}.") for head in heads)]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise self._weight_error(name, CheckpointError(f"the weights lack {shown}"))
+        if report.unexpected:
+            logger.warning(
+                "TimmBackbone %r: %d tensors of the weights were not used (%s...).",
+                name,
+                len(report.unexpected),
+                ", ".join(report.unexpected[:3]),
+            )
 
     # -- alternative constructors ----------------------------------------------------
     @classmethod
@@ -347,6 +367,38 @@ def _probe(timm: Any, name: str, create_kwargs: dict[str, Any]) -> tuple[list[di
     wrapper_is_nchw = type(features).__name__ == "FeatureGetterNet"
     channels_last = getattr(plain, "output_fmt", "NCHW") == "NHWC" and not wrapper_is_nchw
     return [dict(stage) for stage in features.feature_info.info], channels_last
+
+
+class _TimmLoadReport(logging.Handler):
+    """Collect the missing / unexpected keys timm logs while it loads pretrained weights into a feature extractor."""
+
+    _LOGGER = "timm.models._builder"
+    _PATTERN = re.compile(r"^(Missing|Unexpected) keys \((.*)\) (?:discovered|found) while loading")
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.missing: list[str] = []
+        self.unexpected: list[str] = []
+        self._saved_level = logging.NOTSET
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = self._PATTERN.match(record.getMessage())
+        if match:
+            keys = [key for key in match.group(2).split(", ") if key]
+            (self.missing if match.group(1) == "Missing" else self.unexpected).extend(keys)
+
+    def __enter__(self) -> "_TimmLoadReport":
+        source = logging.getLogger(self._LOGGER)
+        self._saved_level = source.level
+        if source.getEffectiveLevel() > logging.INFO:
+            source.setLevel(logging.INFO)
+        source.addHandler(self)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        source = logging.getLogger(self._LOGGER)
+        source.removeHandler(self)
+        source.setLevel(self._saved_level)
 
 
 def _has_config_file(path_or_repo: str, kwargs: dict[str, Any]) -> bool:
