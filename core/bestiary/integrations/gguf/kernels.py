@@ -39,6 +39,8 @@ __all__ = [
     "quantized_matmul",
     "packed_matmul",
     "dequantize_packed",
+    "pack_q4_values",
+    "q4_values",
     "KINDS",
 ]
 
@@ -107,30 +109,60 @@ def _ptr(tensor: torch.Tensor | None) -> int | None:
 # ---------------------------------------------------------------- torch formulas
 
 
+_NIBBLE_SHIFTS = torch.arange(0, 32, 4, dtype=torch.int64).view(1, 1, 8, 1)
+
+
+def q4_values(words: torch.Tensor) -> torch.Tensor:
+    """Unpack interleaved Q4 words ``[rows, 8 * groups]`` to values 0..15, ``[rows, 2 * groups, 32]``.
+
+    Nibble ``v`` of word ``L`` of a group is the group's value ``8v + L`` (see :mod:`.native_source`).
+    """
+    rows = words.shape[0]
+    grouped = (words.to(torch.int64) & 0xFFFFFFFF).view(rows, -1, 1, 8)
+    values = (grouped >> _NIBBLE_SHIFTS) & 0x0F  # [rows, groups, v, lane]
+    return values.view(rows, -1, 32)
+
+
 def dequantize_packed(
-    kind: int, values: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None
+    kind: int, values: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, cols: int | None = None
 ) -> torch.Tensor:
-    """Return float32 weights ``[rows, K]`` from packed rows (plain torch; traceable by torch.compile)."""
+    """Return float32 weights ``[rows, cols]`` from packed rows (plain torch; traceable by torch.compile).
+
+    The arithmetic is GGUF's (``scale * q`` for Q8_0, ``scale * (q - 8)`` for Q4_0,
+    ``scale * q + min`` for Q4_1), so the values equal ``gguf.quants.dequantize``.
+    """
     rows = values.shape[0]
     scale = scales.to(torch.float32).unsqueeze(-1)
     if kind == KIND_Q8_0:
         return (values.view(rows, -1, 32).to(torch.float32) * scale).reshape(rows, -1)
-    packed = values.view(rows, -1, 16)
-    nibbles = torch.cat([packed & 0x0F, packed >> 4], dim=-1)
+    cols = cols or scales.shape[1] * 32
+    nibbles = q4_values(values)
     if kind == KIND_Q4_0:
-        return (scale * (nibbles.to(torch.int8) - 8).to(torch.float32)).reshape(rows, -1)
-    if mins is None:
-        raise ValueError("Q4_1 weights need their block minimums (mins)")
-    return (scale * nibbles.to(torch.float32) + mins.to(torch.float32).unsqueeze(-1)).reshape(rows, -1)
+        weight = scale * (nibbles - 8).to(torch.float32)
+    else:
+        if mins is None:
+            raise ValueError("Q4_1 weights need their block minimums (mins)")
+        weight = scale * nibbles.to(torch.float32) + mins.to(torch.float32).unsqueeze(-1)
+    return weight.reshape(rows, -1)[:, :cols]
+
+
+def pack_q4_values(values: torch.Tensor) -> torch.Tensor:
+    """Interleave values 0..15 ``[rows, blocks, 32]`` into int32 words ``[rows, 8 * groups]``."""
+    rows, blocks = values.shape[:2]
+    if blocks % 2:
+        values = torch.cat([values, values.new_zeros(rows, 1, 32)], dim=1)
+    grouped = values.to(torch.int64).reshape(rows, -1, 8, 8)  # [rows, groups, v, lane]
+    words = (grouped << _NIBBLE_SHIFTS).sum(dim=2)
+    words = torch.where(words >= 2**31, words - 2**32, words)
+    return words.to(torch.int32).reshape(rows, -1)
 
 
 def _fused_torch_matmul(
     x: torch.Tensor, kind: int, values: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None
 ) -> torch.Tensor:
-    """``x @ W.T`` as one expression over blocks, which inductor fuses into a single reduction."""
-    rows, n_blocks = scales.shape
-    weight = dequantize_packed(kind, values, scales, mins).view(1, rows, n_blocks, 32)
-    return (x.view(x.shape[0], 1, n_blocks, 32) * weight).sum(dim=(-1, -2))
+    """``x @ W.T`` as one expression, which inductor fuses into a single reduction."""
+    weight = dequantize_packed(kind, values, scales, mins, x.shape[1])
+    return (x.unsqueeze(1) * weight.unsqueeze(0)).sum(dim=-1)
 
 
 def _compiled_matmul() -> Callable[..., torch.Tensor] | None:
@@ -150,11 +182,13 @@ def _compiled_matmul() -> Callable[..., torch.Tensor] | None:
 
 
 def _dequantize_rows(
-    kind: int, values: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, start: int, stop: int, native: bool
+    kind: int, values: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, k: int, start: int, stop: int,
+    native: bool,
 ) -> torch.Tensor:
     if not native:
-        return dequantize_packed(kind, values[start:stop], scales[start:stop], None if mins is None else mins[start:stop])
-    k = scales.shape[1] * 32
+        return dequantize_packed(
+            kind, values[start:stop], scales[start:stop], None if mins is None else mins[start:stop], k
+        )
     out = torch.empty(stop - start, k, dtype=torch.float32)
     _native().dequantize(
         kind, _ptr(values), _ptr(scales), _ptr(mins), start, stop - start, k, _ptr(out), torch.get_num_threads()
@@ -165,14 +199,14 @@ def _dequantize_rows(
 def _chunked_matmul(
     x: torch.Tensor, kind: int, values: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, native: bool
 ) -> torch.Tensor:
-    rows, k = scales.shape[0], scales.shape[1] * 32
+    rows, k = values.shape[0], x.shape[1]
     step = max(1, CHUNK_ELEMENTS // k)
     if rows <= step:
-        return x @ _dequantize_rows(kind, values, scales, mins, 0, rows, native).T
+        return x @ _dequantize_rows(kind, values, scales, mins, k, 0, rows, native).T
     out = torch.empty(x.shape[0], rows, dtype=torch.float32)
     for start in range(0, rows, step):
         stop = min(rows, start + step)
-        torch.mm(x, _dequantize_rows(kind, values, scales, mins, start, stop, native).T, out=out[:, start:stop])
+        torch.mm(x, _dequantize_rows(kind, values, scales, mins, k, start, stop, native).T, out=out[:, start:stop])
     return out
 
 
@@ -234,7 +268,7 @@ def _dispatch(
 ) -> torch.Tensor:
     x = x.to(torch.float32)
     if torch.compiler.is_compiling():
-        return x @ dequantize_packed(kind, values, scales, mins).T
+        return x @ dequantize_packed(kind, values, scales, mins, x.shape[1]).T
     x = x.contiguous()
     on_cpu = x.device.type == "cpu" and values.device.type == "cpu"
     backend = kernel_backend() if on_cpu else "eager"
@@ -251,5 +285,5 @@ def _dispatch(
                 logger.warning("torch.compile of the GGUF kernel failed (%s); using eager torch.", error)
                 _compiled["matmul"] = None
     if not on_cpu:
-        return x @ dequantize_packed(kind, values, scales, mins).T
+        return x @ dequantize_packed(kind, values, scales, mins, x.shape[1]).T
     return _chunked_matmul(x, kind, values, scales, mins, native=False)

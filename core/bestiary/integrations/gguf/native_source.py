@@ -1,13 +1,22 @@
 """C source of the native block-quantized kernels (compiled on first use by :mod:`.native`).
 
-Weights are kept as GGUF stores them, minus the interleaving: per output row,
-the scales (float16) of its 32-value blocks, optionally the block minimums
-(float16, Q4_1), and the values (int8 for Q8_0; for Q4 16 bytes per block, the
-low nibbles holding values 0..15 and the high nibbles values 16..31).
+Per output row the weight holds float16 block scales (and float16 block minimums
+for Q4_1) and the values:
+
+- Q8_0: int8, as GGUF stores them.
+- Q4_0/Q4_1: 4-bit values interleaved for SIMD. Each group of 64 values (two
+  32-value blocks) is eight uint32 words; nibble ``v`` (bits ``4v..4v+3``) of word
+  ``L`` holds value ``8v + L`` of the group. So bits 0..15 of the eight words are
+  the first block, bits 16..31 the second, and one AND with ``0xF << 4v`` puts
+  eight values in eight 32-bit lanes at once (scaled by ``16**(v % 4)``, which the
+  kernel divides out of ``x`` beforehand: exact powers of two). Rows with an odd
+  number of blocks are padded with a zero block (scale 0); Q4 scales/minimums
+  then have ``2 * groups`` columns.
 
 ``x`` is float32 ``[M, K]``, ``out`` float32 ``[M, N]``; ``out[m, n]`` is the dot
 product of row ``m`` of ``x`` with dequantized row ``n`` of the weight, summed
-block by block in float32: ``scale_b * sum_j q_j x_j`` (+ ``min_b * sum_j x_j``).
+block by block in float32: ``scale_b * sum_j q_j x_j`` (+ ``offset_b * sum_j x_j``,
+where the offset is the Q4_1 minimum, or ``-8 * scale_b`` for Q4_0 when decoding).
 
 With AVX2+FMA+F16C (x86-64 since 2013) the inner loops use intrinsics; other
 machines get portable C that the compiler vectorizes as it can.
@@ -52,7 +61,7 @@ static float bq_half(uint16_t h) {
 #endif
 }
 
-/* Convert one row's float16 block parameters to float32. */
+/* Convert float16 block parameters to float32. */
 static void bq_halves(const uint16_t* in, float* out, int64_t count) {
     int64_t i = 0;
 #ifdef BQ_AVX2
@@ -62,17 +71,45 @@ static void bq_halves(const uint16_t* in, float* out, int64_t count) {
     for (; i < count; ++i) out[i] = bq_half(in[i]);
 }
 
-/* Block sums of x: xs[m * nb + b] = sum of x[m, 32b .. 32b+31]. */
-static float* bq_block_sums(const float* x, int64_t M, int64_t K) {
+/* Geometry of a row: blocks, stored block parameters per row, bytes of values per row. */
+typedef struct { int64_t nb, params, row_bytes, groups; } bq_shape;
+
+static bq_shape bq_geometry(int kind, int64_t K) {
+    bq_shape g;
+    g.nb = K / 32;
+    g.groups = (g.nb + 1) / 2;
+    g.params = kind == 0 ? g.nb : 2 * g.groups;
+    g.row_bytes = kind == 0 ? K : 32 * g.groups;
+    return g;
+}
+
+/* Block sums of x: xs[m * params + b] = sum of x[m, 32b .. 32b+31] (0 for padding blocks). */
+static float* bq_block_sums(const float* x, int64_t M, int64_t K, int64_t params) {
     int64_t nb = K / 32;
-    float* xs = (float*)malloc(sizeof(float) * (size_t)(M * nb + 1));
+    float* xs = (float*)calloc((size_t)(M * params + 1), sizeof(float));
     if (!xs) return NULL;
-    for (int64_t i = 0; i < M * nb; ++i) {
-        float s = 0.f;
-        for (int j = 0; j < 32; ++j) s += x[i * 32 + j];
-        xs[i] = s;
-    }
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t b = 0; b < nb; ++b) {
+            float s = 0.f;
+            for (int j = 0; j < 32; ++j) s += x[m * K + b * 32 + j];
+            xs[m * params + b] = s;
+        }
     return xs;
+}
+
+/* Integer values of block b as 32 floats (Q4_0 centred: value - 8). */
+static inline void bq_block_values(int kind, const uint8_t* row, int64_t b, float* v) {
+    if (kind == 0) {
+        const int8_t* q = (const int8_t*)row + b * 32;
+        for (int j = 0; j < 32; ++j) v[j] = (float)q[j];
+        return;
+    }
+    const uint32_t* words = (const uint32_t*)row + (b / 2) * 8;
+    int base = (int)(b % 2) * 16;
+    float offset = kind == 1 ? 8.f : 0.f;
+    for (int vv = 0; vv < 4; ++vv)
+        for (int lane = 0; lane < 8; ++lane)
+            v[vv * 8 + lane] = (float)((words[lane] >> (base + 4 * vv)) & 0xFu) - offset;
 }
 
 #ifdef BQ_AVX2
@@ -84,28 +121,23 @@ static inline float bq_hsum(__m256 v) {
     return _mm_cvtss_f32(lo);
 }
 static inline __m256 bq_i8x8(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)); }
-static inline __m256 bq_u8x8(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
 
-/* One block of 32 weights as four vectors of 8 floats (unscaled integer values). */
-static inline void bq_load_q8(const int8_t* q, __m256* w) {
-    __m128i a = _mm_loadu_si128((const __m128i*)q), b = _mm_loadu_si128((const __m128i*)(q + 16));
-    w[0] = bq_i8x8(a); w[1] = bq_i8x8(_mm_srli_si128(a, 8));
-    w[2] = bq_i8x8(b); w[3] = bq_i8x8(_mm_srli_si128(b, 8));
-}
-static inline void bq_load_q4(const uint8_t* p, int centered, __m256* w) {
-    const __m128i mask = _mm_set1_epi8(0x0F);
-    __m128i raw = _mm_loadu_si128((const __m128i*)p);
-    __m128i lo = _mm_and_si128(raw, mask), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-    if (centered) { /* Q4_0: value - 8, exact in int8 */
-        const __m128i eight = _mm_set1_epi8(8);
-        lo = _mm_sub_epi8(lo, eight); hi = _mm_sub_epi8(hi, eight);
-        w[0] = bq_i8x8(lo); w[1] = bq_i8x8(_mm_srli_si128(lo, 8));
-        w[2] = bq_i8x8(hi); w[3] = bq_i8x8(_mm_srli_si128(hi, 8));
-    } else {
-        w[0] = bq_u8x8(lo); w[1] = bq_u8x8(_mm_srli_si128(lo, 8));
-        w[2] = bq_u8x8(hi); w[3] = bq_u8x8(_mm_srli_si128(hi, 8));
+/* Block b as four vectors of 8 floats (unscaled integer values, Q4_0 centred). */
+static inline void bq_load_block(int kind, const uint8_t* row, int64_t b, __m256* w) {
+    if (kind == 0) {
+        const int8_t* q = (const int8_t*)row + b * 32;
+        __m128i a = _mm_loadu_si128((const __m128i*)q), c = _mm_loadu_si128((const __m128i*)(q + 16));
+        w[0] = bq_i8x8(a); w[1] = bq_i8x8(_mm_srli_si128(a, 8));
+        w[2] = bq_i8x8(c); w[3] = bq_i8x8(_mm_srli_si128(c, 8));
+        return;
     }
+    __m256i words = _mm256_loadu_si256((const __m256i*)(row + (b / 2) * 32));
+    if (b % 2) words = _mm256_srli_epi32(words, 16);
+    const __m256i mask = _mm256_set1_epi32(0xF), eight = _mm256_set1_epi32(kind == 1 ? 8 : 0);
+    for (int v = 0; v < 4; ++v)
+        w[v] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(words, 4 * v), mask), eight));
 }
+
 static inline __m256 bq_dot_block(const __m256* w, const float* x) {
     __m256 s = _mm256_mul_ps(w[0], _mm256_loadu_ps(x));
     __m256 t = _mm256_mul_ps(w[1], _mm256_loadu_ps(x + 8));
@@ -113,33 +145,106 @@ static inline __m256 bq_dot_block(const __m256* w, const float* x) {
     t = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(x + 24), t);
     return _mm256_add_ps(s, t);
 }
-#endif
 
-/* Integer values of one block as 32 floats (portable path). */
-static inline void bq_block_values(int kind, const uint8_t* row, int64_t b, float* v) {
-    if (kind == 0) {
-        const int8_t* q = (const int8_t*)row + b * 32;
-        for (int j = 0; j < 32; ++j) v[j] = (float)q[j];
-    } else {
-        const uint8_t* p = row + b * 16;
-        float offset = kind == 1 ? 8.f : 0.f;
-        for (int j = 0; j < 16; ++j) {
-            v[j] = (float)(p[j] & 0x0F) - offset;
-            v[j + 16] = (float)(p[j] >> 4) - offset;
-        }
+/* Decoding, Q8_0: rows n and n+1 together, sharing the loads of x. */
+static void bq_pair_q8(const int8_t* r0, const int8_t* r1, const float* d0, const float* d1, int64_t nb,
+                       const float* x, float* out0, float* out1) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        __m256 w[4], v[4];
+        bq_load_block(0, (const uint8_t*)r0, b, w);
+        bq_load_block(0, (const uint8_t*)r1, b, v);
+        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(d0 + b), bq_dot_block(w, x + b * 32), a0);
+        a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(d1 + b), bq_dot_block(v, x + b * 32), a1);
     }
+    *out0 = bq_hsum(a0);
+    *out1 = bq_hsum(a1);
 }
 
-/* kind: 0 = Q8_0 (int8 values), 1 = Q4_0 (nibble - 8), 2 = Q4_1 (nibble, plus block minimum). */
+/* Decoding, Q4: one row; xp is x with value 8v+L of each 64-group divided by 16**(v % 4). */
+static inline float bq_row_q4_interleaved(const uint32_t* words, const float* d, int64_t groups, const float* xp) {
+    const __m256i m0 = _mm256_set1_epi32(0xF), m1 = _mm256_set1_epi32(0xF0);
+    const __m256i m2 = _mm256_set1_epi32(0xF00), m3 = _mm256_set1_epi32(0xF000);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+        const float* xg = xp + g * 64;
+        __m256i lo = _mm256_loadu_si256((const __m256i*)(words + g * 8)), hi = _mm256_srli_epi32(lo, 16);
+        __m256 s = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(lo, m0)), _mm256_loadu_ps(xg));
+        __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(lo, m1)), _mm256_loadu_ps(xg + 8));
+        s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(lo, m2)), _mm256_loadu_ps(xg + 16), s);
+        t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(lo, m3)), _mm256_loadu_ps(xg + 24), t);
+        __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(hi, m0)), _mm256_loadu_ps(xg + 32));
+        __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(hi, m1)), _mm256_loadu_ps(xg + 40));
+        u = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(hi, m2)), _mm256_loadu_ps(xg + 48), u);
+        v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(hi, m3)), _mm256_loadu_ps(xg + 56), v);
+        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(d + 2 * g), _mm256_add_ps(s, t), acc);
+        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(d + 2 * g + 1), _mm256_add_ps(u, v), acc);
+    }
+    return bq_hsum(acc);
+}
+
+/* Decoding (M == 1). */
+static int bq_matvec(int kind, const float* x, int64_t K, const void* values, const uint16_t* scales,
+                     const uint16_t* mins, int64_t N, float* out, int nthreads) {
+    const bq_shape g = bq_geometry(kind, K);
+    float *xs = NULL, *xp = NULL;
+    if (kind != 0) {
+        xs = bq_block_sums(x, 1, K, g.params);
+        xp = (float*)calloc((size_t)(64 * g.groups), sizeof(float));
+        if (!xs || !xp) { free(xs); free(xp); return -1; }
+        static const float unscale[4] = {1.f, 1.f / 16.f, 1.f / 256.f, 1.f / 4096.f};
+        for (int64_t k = 0; k < K; ++k) xp[k] = x[k] * unscale[(k % 64) / 8 % 4];
+    }
+    #pragma omp parallel num_threads(nthreads)
+    {
+        float* params = (float*)malloc(sizeof(float) * (size_t)(4 * g.params + 8));
+        if (params) {
+            float *d0 = params, *d1 = params + g.params, *m0 = params + 2 * g.params;
+            #pragma omp for schedule(static)
+            for (int64_t pair = 0; pair < (N + 1) / 2; ++pair) {
+                int64_t n = pair * 2, second = n + 1 < N ? n + 1 : n;
+                float spare, *out1 = second != n ? out + second : &spare;
+                const uint8_t* base = (const uint8_t*)values;
+                bq_halves(scales + n * g.params, d0, g.params);
+                bq_halves(scales + second * g.params, d1, g.params);
+                if (kind == 0) {
+                    bq_pair_q8((const int8_t*)(base + n * g.row_bytes), (const int8_t*)(base + second * g.row_bytes),
+                               d0, d1, g.nb, x, out + n, out1);
+                    continue;
+                }
+                for (int r = 0; r < 2; ++r) {
+                    int64_t row = r ? second : n;
+                    const float* d = r ? d1 : d0;
+                    float total = bq_row_q4_interleaved((const uint32_t*)(base + row * g.row_bytes), d, g.groups, xp);
+                    float offset = 0.f;
+                    if (kind == 2) {
+                        bq_halves(mins + row * g.params, m0, g.params);
+                        for (int64_t b = 0; b < g.nb; ++b) offset += m0[b] * xs[b];
+                    } else {
+                        for (int64_t b = 0; b < g.nb; ++b) offset += d[b] * xs[b];
+                        offset *= -8.f;
+                    }
+                    *(r ? out1 : out + n) = total + offset;
+                }
+            }
+            free(params);
+        }
+    }
+    free(xs);
+    free(xp);
+    return 0;
+}
+#endif
+
+/* Rows of x in tiles of up to BQ_TILE against one weight row. */
 static void bq_row(int kind, const uint8_t* row, const float* d, const float* mins, int64_t nb,
-                   const float* x, const float* xs, int64_t K, int64_t mt, float* out, int64_t N) {
+                   const float* x, const float* xs, int64_t params, int64_t K, int64_t mt, float* out, int64_t N) {
 #ifdef BQ_AVX2
     __m256 acc[BQ_TILE];
     for (int64_t m = 0; m < mt; ++m) acc[m] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         __m256 w[4];
-        if (kind == 0) bq_load_q8((const int8_t*)row + b * 32, w);
-        else bq_load_q4(row + b * 16, kind == 1, w);
+        bq_load_block(kind, row, b, w);
         __m256 scale = _mm256_broadcast_ss(d + b);
         for (int64_t m = 0; m < mt; ++m)
             acc[m] = _mm256_fmadd_ps(scale, bq_dot_block(w, x + m * K + b * 32), acc[m]);
@@ -148,7 +253,7 @@ static void bq_row(int kind, const uint8_t* row, const float* d, const float* mi
         float total = bq_hsum(acc[m]);
         if (kind == 2) {
             float offset = 0.f;
-            for (int64_t b = 0; b < nb; ++b) offset += mins[b] * xs[m * nb + b];
+            for (int64_t b = 0; b < nb; ++b) offset += mins[b] * xs[m * params + b];
             total += offset;
         }
         out[m * N] = total;
@@ -163,106 +268,38 @@ static void bq_row(int kind, const uint8_t* row, const float* d, const float* mi
             float s = 0.f;
             for (int j = 0; j < 32; ++j) s += v[j] * xb[j];
             acc[m] += d[b] * s;
-            if (kind == 2) acc[m] += mins[b] * xs[m * nb + b];
+            if (kind == 2) acc[m] += mins[b] * xs[m * params + b];
         }
     }
     for (int64_t m = 0; m < mt; ++m) out[m * N] = acc[m];
 #endif
 }
 
-#ifdef BQ_AVX2
-/* Decoding (M == 1): rows n and n+1 of W together, sharing the loads of x and giving the
-   core two independent accumulation chains. */
-static void bq_matvec_pair(int kind, const uint8_t* r0, const uint8_t* r1, const float* d0, const float* d1,
-                           const float* m0, const float* m1, int64_t nb, const float* x, const float* xs,
-                           float* out0, float* out1) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-        __m256 w[4], v[4];
-        if (kind == 0) {
-            bq_load_q8((const int8_t*)r0 + b * 32, w);
-            bq_load_q8((const int8_t*)r1 + b * 32, v);
-        } else {
-            bq_load_q4(r0 + b * 16, kind == 1, w);
-            bq_load_q4(r1 + b * 16, kind == 1, v);
-        }
-        const float* xb = x + b * 32;
-        __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
-        __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
-        __m256 s = _mm256_fmadd_ps(w[2], x2, _mm256_mul_ps(w[0], x0));
-        __m256 t = _mm256_fmadd_ps(w[3], x3, _mm256_mul_ps(w[1], x1));
-        __m256 s2 = _mm256_fmadd_ps(v[2], x2, _mm256_mul_ps(v[0], x0));
-        __m256 t2 = _mm256_fmadd_ps(v[3], x3, _mm256_mul_ps(v[1], x1));
-        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(d0 + b), _mm256_add_ps(s, t), a0);
-        a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(d1 + b), _mm256_add_ps(s2, t2), a1);
-    }
-    float total0 = bq_hsum(a0), total1 = bq_hsum(a1);
-    if (kind == 2) {
-        float o0 = 0.f, o1 = 0.f;
-        for (int64_t b = 0; b < nb; ++b) { o0 += m0[b] * xs[b]; o1 += m1[b] * xs[b]; }
-        total0 += o0; total1 += o1;
-    }
-    *out0 = total0;
-    *out1 = total1;
-}
-
-static void bq_matvec(int kind, const float* x, int64_t K, const void* values, const uint16_t* scales,
-                      const uint16_t* mins, int64_t N, float* out, const float* xs, int nthreads) {
-    const int64_t nb = K / 32;
-    const int64_t row_bytes = kind == 0 ? K : K / 2;
-    #pragma omp parallel num_threads(nthreads)
-    {
-        float* params = (float*)malloc(sizeof(float) * (size_t)(4 * nb + 8));
-        if (params) {
-            float *d0 = params, *d1 = params + nb, *m0 = params + 2 * nb, *m1 = params + 3 * nb;
-            #pragma omp for schedule(static)
-            for (int64_t pair = 0; pair < (N + 1) / 2; ++pair) {
-                int64_t n = pair * 2, second = n + 1 < N ? n + 1 : n;
-                float spare;
-                bq_halves(scales + n * nb, d0, nb);
-                bq_halves(scales + second * nb, d1, nb);
-                if (kind == 2) {
-                    bq_halves(mins + n * nb, m0, nb);
-                    bq_halves(mins + second * nb, m1, nb);
-                }
-                const uint8_t* base = (const uint8_t*)values;
-                bq_matvec_pair(kind, base + n * row_bytes, base + second * row_bytes, d0, d1, m0, m1, nb, x, xs,
-                               out + n, second != n ? out + second : &spare);
-            }
-            free(params);
-        }
-    }
-}
-#endif
-
-/* out[M, N] = x[M, K] @ dequantized(W)[N, K]^T. Returns 0, or -1 when out of memory. */
+/* out[M, N] = x[M, K] @ dequantized(W)[N, K]^T. Returns 0, or -1 when out of memory.
+   kind: 0 = Q8_0, 1 = Q4_0, 2 = Q4_1. */
 int bq_matmul(int kind, const float* x, int64_t M, int64_t K, const void* values, const uint16_t* scales,
               const uint16_t* mins, int64_t N, float* out, int nthreads) {
-    const int64_t nb = K / 32;
-    const int64_t row_bytes = kind == 0 ? K : K / 2;
-    float* xs = kind == 2 ? bq_block_sums(x, M, K) : NULL;
-    if (kind == 2 && !xs) return -1;
 #ifdef BQ_AVX2
-    if (M == 1) {
-        bq_matvec(kind, x, K, values, scales, mins, N, out, xs, nthreads);
-        free(xs);
-        return 0;
-    }
+    if (M == 1) return bq_matvec(kind, x, K, values, scales, mins, N, out, nthreads);
 #endif
+    const bq_shape g = bq_geometry(kind, K);
+    float* xs = kind == 2 ? bq_block_sums(x, M, K, g.params) : NULL;
+    if (kind == 2 && !xs) return -1;
     #pragma omp parallel num_threads(nthreads)
     {
-        float* params = (float*)malloc(sizeof(float) * (size_t)(2 * nb + 8));
+        float* params = (float*)malloc(sizeof(float) * (size_t)(2 * g.params + 8));
         if (params) {
             float* d = params;
-            float* mn = params + nb;
+            float* mn = params + g.params;
             #pragma omp for schedule(static)
             for (int64_t n = 0; n < N; ++n) {
-                bq_halves(scales + n * nb, d, nb);
-                if (kind == 2) bq_halves(mins + n * nb, mn, nb);
-                const uint8_t* row = (const uint8_t*)values + n * row_bytes;
+                bq_halves(scales + n * g.params, d, g.params);
+                if (kind == 2) bq_halves(mins + n * g.params, mn, g.params);
+                const uint8_t* row = (const uint8_t*)values + n * g.row_bytes;
                 for (int64_t m0 = 0; m0 < M; m0 += BQ_TILE) {
                     int64_t mt = M - m0 < BQ_TILE ? M - m0 : BQ_TILE;
-                    bq_row(kind, row, d, mn, nb, x + m0 * K, xs ? xs + m0 * nb : NULL, K, mt, out + m0 * N + n, N);
+                    bq_row(kind, row, d, mn, g.nb, x + m0 * K, xs ? xs + m0 * g.params : NULL, g.params, K, mt,
+                           out + m0 * N + n, N);
                 }
             }
             free(params);
@@ -272,22 +309,21 @@ int bq_matmul(int kind, const float* x, int64_t M, int64_t K, const void* values
     return 0;
 }
 
-/* out[rows, K] = dequantized rows [row0, row0 + rows) of W, float32. */
+/* out[rows, K] = dequantized rows [row0, row0 + rows) of W, float32, exactly as GGUF defines them. */
 void bq_dequantize(int kind, const void* values, const uint16_t* scales, const uint16_t* mins,
                    int64_t row0, int64_t rows, int64_t K, float* out, int nthreads) {
-    const int64_t nb = K / 32;
-    const int64_t row_bytes = kind == 0 ? K : K / 2;
+    const bq_shape g = bq_geometry(kind, K);
     #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
         int64_t n = row0 + r;
-        const uint8_t* row = (const uint8_t*)values + n * row_bytes;
+        const uint8_t* row = (const uint8_t*)values + n * g.row_bytes;
         float v[32];
-        for (int64_t b = 0; b < nb; ++b) {
-            float d = bq_half(scales[n * nb + b]);
+        for (int64_t b = 0; b < g.nb; ++b) {
+            float d = bq_half(scales[n * g.params + b]);
             float* o = out + r * K + b * 32;
             bq_block_values(kind, row, b, v);
             if (kind == 2) {
-                float mn = bq_half(mins[n * nb + b]);
+                float mn = bq_half(mins[n * g.params + b]);
                 for (int j = 0; j < 32; ++j) o[j] = d * v[j] + mn;
             } else {
                 for (int j = 0; j < 32; ++j) o[j] = v[j] * d;

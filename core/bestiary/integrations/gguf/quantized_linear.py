@@ -7,13 +7,13 @@
 
 Packed layout (buffers, so ``.to(device)`` and ``state_dict`` carry them):
 
-- ``qweight``: int8 ``[out, in]`` for Q8_0; uint8 ``[out, in/2]`` for Q4_0/Q4_1,
-  16 bytes per 32-value block, low nibbles holding values 0..15, high nibbles 16..31
-- ``scales``: float16 ``[out, in/32]``
-- ``mins``: float16 ``[out, in/32]`` (Q4_1 only)
+- ``qweight``: int8 ``[out, in]`` for Q8_0; for Q4_0/Q4_1 int32 ``[out, 8 * groups]``,
+  the 4-bit values of each 64-value group interleaved for SIMD (layout in
+  :mod:`.native_source`; ``groups = ceil(in / 64)``)
+- ``scales``: float16 ``[out, blocks]`` (Q4: ``2 * groups``, a zero block pads odd counts)
+- ``mins``: float16, like ``scales`` (Q4_1 only)
 
-That is the GGUF block layout with scales split out: Q8_0 takes 1.06 bytes per
-weight (27% of float32), Q4_1 0.63 (16%), Q4_0 0.56 (14%).
+Q8_0 takes 1.06 bytes per weight (27% of float32), Q4_1 0.63 (16%), Q4_0 0.56 (14%).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torch import nn
 from bestiary.errors import CheckpointError, ConfigError, WeightShapeError
 
 from .ggml_types import GGMLQuantizationType, block_layout, resolve_type
-from .kernels import KINDS, dequantize_packed, kernel_backend, packed_matmul
+from .kernels import KINDS, dequantize_packed, kernel_backend, pack_q4_values, packed_matmul
 from .quantizer import quantize
 
 __all__ = [
@@ -74,10 +74,14 @@ def pack_gguf_blocks(
         )
     blocks = data.view(rows, n_blocks, type_size)
     scales = blocks[..., 0:2].contiguous().view(torch.float16).reshape(rows, n_blocks)
+    values = blocks[..., _VALUE_OFFSET[ggml_type] :]
+    if ggml_type == Q.Q8_0:
+        return values.reshape(rows, -1).view(torch.int8).clone(), scales, None
     mins = blocks[..., 2:4].contiguous().view(torch.float16).reshape(rows, n_blocks) if ggml_type == Q.Q4_1 else None
-    values = blocks[..., _VALUE_OFFSET[ggml_type] :].reshape(rows, -1)
-    qweight = values.view(torch.int8).clone() if ggml_type == Q.Q8_0 else values.clone()
-    return qweight, scales, mins
+    nibbles = torch.cat([values & 0x0F, values >> 4], dim=-1)  # GGUF: low nibbles 0..15, high 16..31
+    padded = 2 * ((n_blocks + 1) // 2)
+    pad = (lambda t: t if t is None or padded == n_blocks else torch.cat([t, t.new_zeros(rows, 1)], dim=1))
+    return pack_q4_values(nibbles), pad(scales), pad(mins)
 
 
 class _PackedWeight(nn.Module):
@@ -90,11 +94,16 @@ class _PackedWeight(nn.Module):
             raise ConfigError(f"{type(self).__name__}: in_features {cols} is not a multiple of 32.")
         self.ggml_type = ggml_type
         self._kind = KINDS[ggml_type]
+        self._cols = cols
         kernel_backend()  # resolve (and build the native kernels) now, not on the first token
-        value_dtype, value_cols = (torch.int8, cols) if ggml_type == Q.Q8_0 else (torch.uint8, cols // 2)
-        self.register_buffer("qweight", torch.zeros(rows, value_cols, dtype=value_dtype, device=device))
-        self.register_buffer("scales", torch.zeros(rows, cols // 32, dtype=torch.float16, device=device))
-        mins = torch.zeros(rows, cols // 32, dtype=torch.float16, device=device) if ggml_type == Q.Q4_1 else None
+        groups = (cols // 32 + 1) // 2
+        if ggml_type == Q.Q8_0:
+            qweight, n_params = torch.zeros(rows, cols, dtype=torch.int8, device=device), cols // 32
+        else:
+            qweight, n_params = torch.zeros(rows, 8 * groups, dtype=torch.int32, device=device), 2 * groups
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scales", torch.zeros(rows, n_params, dtype=torch.float16, device=device))
+        mins = torch.zeros(rows, n_params, dtype=torch.float16, device=device) if ggml_type == Q.Q4_1 else None
         self.register_buffer("mins", mins)
 
     def _set_packed(self, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None) -> None:
@@ -106,7 +115,7 @@ class _PackedWeight(nn.Module):
 
     def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Return the full weight ``[rows, cols]`` in ``dtype`` (exactly GGUF's dequantized values)."""
-        return dequantize_packed(KINDS[self.ggml_type], self.qweight, self.scales, self.mins).to(dtype)
+        return dequantize_packed(KINDS[self.ggml_type], self.qweight, self.scales, self.mins, self._cols).to(dtype)
 
     def packed_bytes(self) -> int:
         """Return the bytes the packed weight occupies (values, scales, mins)."""
@@ -221,7 +230,7 @@ class QuantizedEmbedding(_PackedWeight):
         flat = input_ids.reshape(-1)
         mins = None if self.mins is None else self.mins.index_select(0, flat)
         rows = dequantize_packed(
-            KINDS[self.ggml_type], self.qweight.index_select(0, flat), self.scales.index_select(0, flat), mins
+            KINDS[self.ggml_type], self.qweight.index_select(0, flat), self.scales.index_select(0, flat), mins, self._cols
         )
         return rows.to(self.dtype).reshape(*input_ids.shape, self.embedding_dim)
 
