@@ -93,14 +93,14 @@ class _EncoderResult:
 def window_partition(features: Tensor, window: int) -> Tensor:
     """Cut (batch, H, W, C) into (batch * windows, window, window, C); H and W must be multiples of ``window``."""
     batch, height, width, channels = features.shape
-    features = features.view(batch, height // window, window, width // window, window, channels)
+    features = features.reshape(batch, height // window, window, width // window, window, channels)
     return features.permute(0, 1, 3, 2, 4, 5).reshape(-1, window, window, channels)
 
 
 def window_merge(windows: Tensor, window: int, height: int, width: int) -> Tensor:
     """Inverse of :func:`window_partition`: (batch * windows, window, window, C) to (batch, H, W, C)."""
     channels = windows.shape[-1]
-    windows = windows.view(-1, height // window, width // window, window, window, channels)
+    windows = windows.reshape(-1, height // window, width // window, window, window, channels)
     return windows.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
 
 
@@ -387,12 +387,12 @@ class SwinLayer(nn.Module):
         padded_h, padded_w = height + pad_h, width + pad_w
         if shift:
             features = torch.roll(features, shifts=(-shift, -shift), dims=(1, 2))
-        windows = window_partition(features, window).view(-1, window * window, channels)
+        windows = window_partition(features, window).reshape(-1, window * window, channels)
         mask = (
             shifted_window_mask(padded_h, padded_w, window, shift, features.dtype, features.device) if shift else None
         )
         attended, weights = self.attention(windows, mask, window, output_attentions)
-        features = window_merge(attended.view(-1, window, window, channels), window, padded_h, padded_w)
+        features = window_merge(attended.reshape(-1, window, window, channels), window, padded_h, padded_w)
         if shift:
             features = torch.roll(features, shifts=(shift, shift), dims=(1, 2))
         features = features[:, :height, :width, :].reshape(batch, height * width, channels)
@@ -413,7 +413,7 @@ class SwinPatchMerging(nn.Module):
         """(batch, H * W, dim) to (batch, ceil(H / 2) * ceil(W / 2), 2 * dim); odd sizes are padded first."""
         height, width = size
         batch, _, channels = hidden_states.shape
-        features = hidden_states.view(batch, height, width, channels)
+        features = hidden_states.reshape(batch, height, width, channels)
         if height % 2 or width % 2:
             features = F.pad(features, (0, 0, 0, width % 2, 0, height % 2))
         # Neighbours in the order (top-left, bottom-left, top-right, bottom-right), as checkpoints expect.

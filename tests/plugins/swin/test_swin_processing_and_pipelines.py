@@ -164,3 +164,19 @@ def test_image_feature_extraction_with_a_backbone(classifier_folder, photos):
     # The last selected map (stage2: stride 8 on 32x32 pixels, 32 channels) as 4x4 = 16 tokens.
     assert tokens.shape == (1, 16, 32) and pooled.shape == (1, 32)
     assert torch.allclose(tokens.mean(dim=1), pooled, atol=1e-6)
+
+
+def test_cookbook_script_draws_the_stage_maps(tmp_path):
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[3] / "cookbook" / "vision" / "swin_feature_maps.py"
+    spec = importlib.util.spec_from_file_location("swin_feature_maps", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    checkpoint = tmp_path / "tiny-swin"
+    torch.manual_seed(0)
+    tiny = dict(TINY, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=7)
+    transformers.SwinBackbone(transformers.SwinConfig(**tiny)).save_pretrained(checkpoint)
+    output = module.main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "maps.png")])
+    picture = PIL.Image.open(output)
+    assert picture.size == (6 * module.TILE[0], 2 * (module.TILE[1] + module.LABEL_HEIGHT))
