@@ -55,7 +55,8 @@ class KeypointDetectionPipeline(Pipeline):
                 "pass a flat list of images for a batch."
             )
         image = images[0]
-        pixel_values = self.image_processor(image, input_data_format="channels_first", return_tensors="pt")["pixel_values"]
+        processed = self.image_processor(image, input_data_format="channels_first", return_tensors="pt")
+        pixel_values = processed["pixel_values"]
         target_size = torch.tensor([[int(image.shape[-2]), int(image.shape[-1])]])
         return {"pixel_values": pixel_values, "target_sizes": target_size}
 
@@ -75,7 +76,8 @@ class KeypointDetectionPipeline(Pipeline):
             inputs = torch.cat([pixel_values[i] for i in indices]).to(device=self.device, dtype=dtype)
             sizes = torch.cat([target_sizes[i] for i in indices]).to(self.device)
             outputs = self.model(pixel_values=inputs)
-            detections = self.image_processor.post_process_keypoint_detection(outputs, target_sizes=sizes, **post_kwargs)
+            post_process = self.image_processor.post_process_keypoint_detection
+            detections = post_process(outputs, target_sizes=sizes, **post_kwargs)
             for index, detection in zip(indices, detections):
                 results[index] = detection
         return {"results": results}

@@ -33,7 +33,8 @@ def is_grayscale(image: torch.Tensor) -> bool:
     """True when a (C, H, W) image has one channel or three identical ones."""
     if image.shape[-3] == 1:
         return True
-    return bool(torch.equal(image[..., 0, :, :], image[..., 1, :, :]) and torch.equal(image[..., 1, :, :], image[..., 2, :, :]))
+    red, green, blue = image[..., 0, :, :], image[..., 1, :, :], image[..., 2, :, :]
+    return bool(torch.equal(red, green) and torch.equal(green, blue))
 
 
 def convert_to_grayscale(image: torch.Tensor) -> torch.Tensor:
@@ -149,15 +150,17 @@ class SuperPointImageProcessor(ImageProcessor):
             sizes = torch.as_tensor(target_sizes, device=device)
         except (TypeError, ValueError) as exc:
             raise ProcessingError(
-                f"target_sizes must be a (batch, 2) tensor or a list of (height, width) pairs; got {target_sizes!r} ({exc})."
+                "target_sizes must be a (batch, 2) tensor or a list of (height, width) pairs; "
+                f"got {target_sizes!r} ({exc})."
             ) from None
         if sizes.ndim != 2 or sizes.shape[1] != 2:
             raise ProcessingError(
-                f"target_sizes must hold one (height, width) pair per image, shape (batch, 2); got shape {tuple(sizes.shape)}."
+                "target_sizes must hold one (height, width) pair per image, shape (batch, 2); "
+                f"got shape {tuple(sizes.shape)}."
             )
         if sizes.shape[0] != batch:
             raise ProcessingError(
-                f"target_sizes has {sizes.shape[0]} sizes but the outputs hold {batch} images; pass one (height, width) "
-                "per image, in batch order."
+                f"target_sizes has {sizes.shape[0]} sizes but the outputs hold {batch} images; "
+                "pass one (height, width) per image, in batch order."
             )
         return sizes

@@ -118,7 +118,9 @@ class MutualNearestNeighborMatcher:
     ``post_process_keypoint_detection``) and returns matched coordinates.
     """
 
-    def __init__(self, ratio_threshold: float | None = 0.8, mutual: bool = True, min_score: float | None = None) -> None:
+    def __init__(
+        self, ratio_threshold: float | None = 0.8, mutual: bool = True, min_score: float | None = None
+    ) -> None:
         if ratio_threshold is not None and not 0.0 < ratio_threshold <= 1.0:
             raise ProcessingError(f"ratio_threshold must be in (0, 1] or None (no ratio test), got {ratio_threshold}.")
         self.ratio_threshold = ratio_threshold
@@ -127,9 +129,8 @@ class MutualNearestNeighborMatcher:
 
     def __call__(self, descriptors0: torch.Tensor, descriptors1: torch.Tensor) -> DescriptorMatches:
         """Match two images' descriptors."""
-        return match_descriptors(
-            descriptors0, descriptors1, ratio_threshold=self.ratio_threshold, mutual=self.mutual, min_score=self.min_score
-        )
+        settings = dict(ratio_threshold=self.ratio_threshold, mutual=self.mutual, min_score=self.min_score)
+        return match_descriptors(descriptors0, descriptors1, **settings)
 
     def match_keypoints(
         self, detections0: Mapping[str, torch.Tensor], detections1: Mapping[str, torch.Tensor]

@@ -167,7 +167,8 @@ class SuperPointInterestPointDecoder(nn.Module):
         values = scores[rows, columns]
         border = config.border_removal_distance
         row_limit, column_limit = height * config.cell_size, width * config.cell_size
-        inside = (rows >= border) & (rows < row_limit - border) & (columns >= border) & (columns < column_limit - border)
+        inside = (rows >= border) & (rows < row_limit - border)
+        inside &= (columns >= border) & (columns < column_limit - border)
         rows, columns, values = rows[inside], columns[inside], values[inside]
         if 0 <= config.max_keypoints < values.shape[0]:
             values, best = torch.topk(values, config.max_keypoints)
@@ -194,21 +195,23 @@ class SuperPointDescriptorDecoder(nn.Module):
         return F.normalize(descriptors, p=2, dim=1)
 
     def sample(self, dense: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
-        """Return unit descriptors (batch, keypoints, descriptor_dim) at (x, y) pixel ``keypoints`` (batch, keypoints, 2).
+        """Return unit descriptors (batch, keypoints, dim) at the (x, y) pixels ``keypoints`` (batch, keypoints, 2).
 
-        Cell ``i`` of the coarse map is taken to sit at pixel
-        ``cell * i + cell / 2 - 0.5`` (the centre of its cell), so the first
-        cell's centre maps to -1 and the centre of the last to +1 in
-        ``grid_sample``'s corner-aligned coordinates.
+        Cell ``i`` of the coarse map sits at pixel ``c_i = cell * i + cell / 2 - 0.5``
+        (the centre of its cell). A pixel ``x`` is mapped to
+        ``(x - c_0) / c_last * 2 - 1`` in ``grid_sample``'s corner-aligned
+        coordinates: the formula of the SuperPoint reference code, which
+        transformers keeps. ``c_0`` maps to -1; as the divisor is ``c_last``
+        rather than ``c_last - c_0``, points further right or down are read
+        slightly (less than half a cell) towards the first cells.
         """
         batch, channels, rows, columns = dense.shape
         if keypoints.shape[1] == 0:
             return dense.new_zeros((batch, 0, channels))
         cell = self.cell_size
         first_centre = cell / 2 - 0.5
-        span = torch.tensor(
-            [columns * cell - cell / 2 - 0.5, rows * cell - cell / 2 - 0.5], dtype=keypoints.dtype, device=keypoints.device
-        )
+        last_centres = [columns * cell - cell / 2 - 0.5, rows * cell - cell / 2 - 0.5]
+        span = torch.tensor(last_centres, dtype=keypoints.dtype, device=keypoints.device)
         grid = (keypoints - first_centre) / span * 2 - 1
         sampled = F.grid_sample(dense, grid.unsqueeze(1), mode="bilinear", align_corners=True)  # (B, D, 1, N)
         sampled = F.normalize(sampled.squeeze(2), p=2, dim=1)

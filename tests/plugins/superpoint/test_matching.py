@@ -101,4 +101,5 @@ def test_matcher_errors_name_the_argument():
     with pytest.raises(ProcessingError, match="ratio_threshold must be in"):
         MutualNearestNeighborMatcher(ratio_threshold=1.5)
     with pytest.raises(ProcessingError, match="detections1 lacks descriptors"):
-        match_keypoints({"keypoints": torch.zeros(0, 2), "descriptors": torch.zeros(0, 3)}, {"keypoints": torch.zeros(0, 2)})
+        complete = {"keypoints": torch.zeros(0, 2), "descriptors": torch.zeros(0, 3)}
+        match_keypoints(complete, {"keypoints": torch.zeros(0, 2)})

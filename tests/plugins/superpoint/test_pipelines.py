@@ -64,7 +64,8 @@ def test_matching_pipeline_finds_the_shift(matching_checkpoint):
     matches = matcher([photo, crop])
     assert len(matches) >= 150
     first = matches[0]
-    assert set(first) == {"keypoint_image_0", "keypoint_image_1", "score"} and set(first["keypoint_image_0"]) == {"x", "y"}
+    assert set(first) == {"keypoint_image_0", "keypoint_image_1", "score"}
+    assert set(first["keypoint_image_0"]) == set(first["keypoint_image_1"]) == {"x", "y"}
     assert [m["score"] for m in matches] == sorted((m["score"] for m in matches), reverse=True)
     agree = [
         abs(m["keypoint_image_0"]["x"] - m["keypoint_image_1"]["x"] - dx) < 1e-3

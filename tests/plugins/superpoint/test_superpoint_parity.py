@@ -141,7 +141,8 @@ def test_bestiary_checkpoint_loads_in_transformers(tmp_path):
     reference_processor = transformers.AutoImageProcessor.from_pretrained(tmp_path)
     images = mixed_size_images()
     pixel_values = reference_processor(images, return_tensors="pt")["pixel_values"]
-    assert torch.equal(pixel_values, SuperPointImageProcessor.from_pretrained(tmp_path)(images, return_tensors="pt")["pixel_values"])
+    ours_processor = SuperPointImageProcessor.from_pretrained(tmp_path)
+    assert torch.equal(pixel_values, ours_processor(images, return_tensors="pt")["pixel_values"])
     with torch.no_grad():
         assert_same_outputs(model(pixel_values), reference(pixel_values))
     saved = json.loads((tmp_path / "config.json").read_text())
@@ -187,7 +188,16 @@ def test_image_processor_matches_transformers(settings, tmp_path):
         assert torch.equal(got, expected)
     ours.save_pretrained(tmp_path)
     reloaded = transformers.SuperPointImageProcessor.from_pretrained(tmp_path)
-    assert torch.equal(reloaded(colour, return_tensors="pt")["pixel_values"], ours(colour, return_tensors="pt")["pixel_values"])
+    expected = ours(colour, return_tensors="pt")["pixel_values"]
+    assert torch.equal(reloaded(colour, return_tensors="pt")["pixel_values"], expected)
+
+
+def test_ignored_settings_are_reported(caplog):
+    with caplog.at_level("WARNING", logger="bestiary_superpoint.image_processing_superpoint"):
+        processor = SuperPointImageProcessor(do_normalize=True, image_mean=0.5, image_std=0.5)
+        pixel_values = processor(photo_region(16, 24), return_tensors="pt")["pixel_values"]
+    assert "ignores do_normalize" in caplog.text
+    assert 0.0 <= pixel_values.min() and pixel_values.max() <= 1.0
 
 
 def test_errors_name_the_argument(reference_checkpoint):
