@@ -801,12 +801,17 @@ class SwinBackbone(BackboneMixin, SwinPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        interpolate_pos_encoding: bool = False,
     ) -> BackboneOutput | tuple:
-        """Return ``feature_maps``: one (batch, channels, height, width) map per selected stage, in order."""
+        """Return ``feature_maps``: one (batch, channels, height, width) map per selected stage, in order.
+
+        ``interpolate_pos_encoding`` resizes absolute position embeddings (when
+        the config uses them) to the input, for inputs of another size.
+        """
         output_attentions, output_hidden_states, return_dict = _flags(
             self.config, output_attentions, output_hidden_states, return_dict
         )
-        embeddings, size = self.embeddings(pixel_values)
+        embeddings, size = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         encoded = self.encoder(
             embeddings,
             size,

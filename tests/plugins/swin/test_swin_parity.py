@@ -171,6 +171,12 @@ def test_absolute_position_embeddings_and_interpolation(tmp_path, size):
     if size != (64, 64):
         with pytest.raises(ProcessingError, match="interpolate_pos_encoding=True"):
             ours(x)
+    # The backbone interpolates too (transformers' SwinBackbone has no such switch): its stem is the embedding.
+    backbone = SwinBackbone.from_pretrained(folder)
+    with torch.no_grad():
+        stem = backbone(x, output_hidden_states=True, interpolate_pos_encoding=True).hidden_states[0]
+        embedded = reference.swin(x, interpolate_pos_encoding=True, output_hidden_states=True)
+    assert_close(embedded.reshaped_hidden_states[0], stem)
 
 
 # -- backbone ----------------------------------------------------------------------------
