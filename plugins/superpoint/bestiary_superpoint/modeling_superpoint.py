@@ -173,7 +173,8 @@ class SuperPointInterestPointDecoder(nn.Module):
         if 0 <= config.max_keypoints < values.shape[0]:
             values, best = torch.topk(values, config.max_keypoints)
             rows, columns = rows[best], columns[best]
-        keypoints = torch.stack([columns, rows], dim=-1).to(values.dtype)
+        # Pixel positions stay exact: at least float32, even for a half-precision model.
+        keypoints = torch.stack([columns, rows], dim=-1).to(torch.promote_types(values.dtype, torch.float32))
         return keypoints, values
 
 
@@ -284,7 +285,8 @@ class SuperPointForKeypointDetection(SuperPointPreTrainedModel):
         selected = [self.keypoint_decoder.select(score_map) for score_map in score_maps]
 
         count = max(keypoints.shape[0] for keypoints, _ in selected)
-        dtype, device = score_maps.dtype, score_maps.device
+        # Outputs are at least float32 (as transformers returns them), whatever the model's dtype.
+        dtype, device = torch.promote_types(score_maps.dtype, torch.float32), score_maps.device
         keypoints = torch.zeros((batch, count, 2), dtype=dtype, device=device)
         scores = torch.zeros((batch, count), dtype=dtype, device=device)
         mask = torch.zeros((batch, count), dtype=torch.int32, device=device)
@@ -294,7 +296,7 @@ class SuperPointForKeypointDetection(SuperPointPreTrainedModel):
             scores[index, :found] = image_scores
             mask[index, :found] = 1
 
-        dense = self.descriptor_decoder.dense(features)
+        dense = self.descriptor_decoder.dense(features).to(dtype)
         descriptors = self.descriptor_decoder.sample(dense, keypoints) * mask.unsqueeze(-1).to(dtype)
 
         keypoints = keypoints / torch.tensor([width, height], dtype=dtype, device=device)
