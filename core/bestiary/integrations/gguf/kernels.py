@@ -52,7 +52,7 @@ BACKENDS = ("auto", "native", "compile", "eager")
 ENV_VAR = "BESTIARY_GGUF_KERNELS"
 NATIVE_MAX_ROWS = 8
 """Input rows up to which the fused native kernel is used; beyond, dequantize chunks + GEMM."""
-PARALLEL_MIN_WORK = 1 << 21
+PARALLEL_MIN_WORK = 1 << 18
 """Multiply-adds below which the native kernel runs on one thread: small products gain little
 from a second thread, and on a busy machine waiting for a preempted one costs milliseconds."""
 CHUNK_ELEMENTS = 1 << 21
