@@ -128,6 +128,17 @@ def test_hidden_states_and_tuple_outputs(reference_checkpoint):
     assert len(mine_tuple) == 4 and torch.equal(mine_tuple[3], mine.mask)
 
 
+def test_half_precision_model_returns_float32_pixel_exact_keypoints(reference_checkpoint):
+    folder, _ = reference_checkpoint
+    model = auto.AutoModelForKeypointDetection.from_pretrained(folder, dtype=torch.bfloat16)
+    pixel_values = torch.rand(1, 1, 64, 328, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        outputs = model(pixel_values.to(torch.bfloat16))
+    assert {outputs[name].dtype for name in ("keypoints", "scores", "descriptors")} == {torch.float32}
+    pixels = outputs.keypoints[0] * torch.tensor([328, 64])
+    assert (pixels - pixels.round()).abs().max() < 1e-3  # bfloat16 would round columns past 256
+
+
 def test_bestiary_checkpoint_loads_in_transformers(tmp_path):
     config = SuperPointConfig(**TINY, max_keypoints=50)
     torch.manual_seed(1)
