@@ -32,6 +32,7 @@ MODEL_LOADING_KEYS = (
     "output_loading_info",
     "attn_implementation",
     "use_safetensors",
+    "keep_quantized",
 )
 _runtime_ids = itertools.count()
 
@@ -154,7 +155,7 @@ class _AutoModelBase:
         hub = {key: kwargs[key] for key in HUB_KEYS if key in kwargs}
         if config is None:
             loading = {key: kwargs.pop(key) for key in MODEL_LOADING_KEYS if key in kwargs}
-            gguf = {"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}
+            gguf = {"gguf_file": kwargs.pop("gguf_file")} if "gguf_file" in kwargs else {}
             for key in HUB_KEYS:
                 kwargs.pop(key, None)
             config = AutoConfig.from_pretrained(path_or_repo, **hub, **gguf, **kwargs)

@@ -269,11 +269,14 @@ class PreTrainedModel(nn.Module):
         use_safetensors: bool | None = None,
         torch_dtype: str | torch.dtype | None = None,
         device_map: str | torch.device | None = None,
+        keep_quantized: bool = False,
         **config_overrides: Any,
     ) -> "PreTrainedModel":
         """Load a model from a local folder or a hub repo in transformers' format.
 
         Keyword arguments that are not loading options override config values.
+        With ``gguf_file=`` and ``keep_quantized=True``, Q8_0/Q4_0/Q4_1 weights
+        stay packed in memory and are computed with directly.
         Returns the model in eval mode (and a :class:`LoadReport` when
         ``output_loading_info`` is True).
         """
@@ -300,7 +303,10 @@ class PreTrainedModel(nn.Module):
         try:
             with _default_dtype(target_dtype), parameters_on_meta():
                 model = cls(config)
-            report = model._load_from_source(source, target_dtype, target_device, key_mapping, ignore_mismatched_sizes)
+            preloaded = source.prepare_model(model, keep_quantized) if hasattr(source, "prepare_model") else set()
+            report = model._load_from_source(
+                source, target_dtype, target_device, key_mapping, ignore_mismatched_sizes, preloaded
+            )
         finally:
             source.close()
         model.name_or_path = str(path_or_repo)
@@ -321,9 +327,10 @@ class PreTrainedModel(nn.Module):
         device: torch.device,
         key_mapping: dict[str, str] | None,
         ignore_mismatched_sizes: bool,
+        preloaded: set[str] = frozenset(),
     ) -> LoadReport:
         report = LoadReport()
-        expected = _expected_tensors(self)
+        expected = {k: v for k, v in _expected_tensors(self).items() if k not in preloaded}
         tied_targets = set(self._tied_pairs())
         renamed = self._map_checkpoint_keys(source.keys(), set(expected), key_mapping)
         fp32_modules = tuple(self._keep_in_fp32_modules)
