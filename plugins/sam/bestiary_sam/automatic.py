@@ -18,9 +18,13 @@ The algorithm is the automatic mask generator of the Segment Anything paper:
 5. With ``min_mask_region_area`` > 0, small holes are filled and small
    islands removed, and NMS runs again preferring unchanged masks.
 
-Memory is bounded by ``points_per_batch``: a batch's masks are upscaled a
-few at a time, and only kept masks are stored, cut to their bounding box.
-The last, partial batch is processed like the others. :meth:`SamAutomaticMaskGenerator.stream`
+Memory is bounded by ``points_per_batch``, not by the grid: a batch's masks
+are upscaled a few at a time; after each batch, NMS over the boxes of every
+mask seen so far decides which masks to store (cut to their bounding box),
+so stored masks stay about as many as the result has. The outcome is
+exactly that of the published algorithm (one NMS over all of a crop's
+masks): a mask dropped early that NMS brings back later is recomputed by
+re-running its batch. The last, partial batch is processed like the others. :meth:`SamAutomaticMaskGenerator.stream`
 yields each batch's kept masks as soon as they are computed.
 """
 
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -159,54 +163,37 @@ class GeneratedMasks:
 
 @dataclass
 class _Kept:
-    """Kept masks stored compactly: each cut to its bounding box, on the CPU."""
+    """Kept masks, each stored cut to its bounding box on the CPU, with their per-mask values."""
 
-    pieces: list[torch.Tensor] = field(default_factory=list)
-    scores: list[torch.Tensor] = field(default_factory=list)
-    stability: list[torch.Tensor] = field(default_factory=list)
-    boxes: list[torch.Tensor] = field(default_factory=list)
-    points: list[torch.Tensor] = field(default_factory=list)
-    crop_boxes: list[torch.Tensor] = field(default_factory=list)
+    pieces: list[torch.Tensor]
+    scores: torch.Tensor
+    stability: torch.Tensor
+    boxes: torch.Tensor
+    points: torch.Tensor
+    crop_boxes: torch.Tensor
 
-    def add(self, batch: MaskBatch) -> None:
-        for mask, box in zip(batch.masks, batch.boxes.tolist()):
-            x0, y0, x1, y1 = box
-            self.pieces.append(mask[y0 : y1 + 1, x0 : x1 + 1].cpu().clone())
-        count = len(batch)
-        self.scores.append(batch.scores.cpu())
-        self.stability.append(batch.stability_scores.cpu())
-        self.boxes.append(batch.boxes.cpu())
-        self.points.append(batch.point_coords.cpu())
-        self.crop_boxes.append(torch.tensor([batch.crop_box] * count, dtype=torch.int64).reshape(count, 4))
+    @classmethod
+    def empty(cls) -> "_Kept":
+        return cls([], torch.zeros(0), torch.zeros(0), torch.zeros((0, 4), dtype=torch.int64),
+                   torch.zeros((0, 2), dtype=torch.float64), torch.zeros((0, 4), dtype=torch.int64))
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        def cat(parts: list[torch.Tensor], empty: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-            return torch.cat(parts) if parts else torch.zeros(empty, dtype=dtype)
-
-        return {
-            "scores": cat(self.scores, (0,), torch.float32),
-            "stability": cat(self.stability, (0,), torch.float32),
-            "boxes": cat(self.boxes, (0, 4), torch.int64),
-            "points": cat(self.points, (0, 2), torch.float64),
-            "crop_boxes": cat(self.crop_boxes, (0, 4), torch.int64),
-        }
+    def __len__(self) -> int:
+        return len(self.pieces)
 
     def select(self, keep: torch.Tensor) -> "_Kept":
-        data = self.tensors()
-        index = keep.tolist()
-        return _Kept(
-            pieces=[self.pieces[i] for i in index],
-            scores=[data["scores"][keep]],
-            stability=[data["stability"][keep]],
-            boxes=[data["boxes"][keep]],
-            points=[data["points"][keep]],
-            crop_boxes=[data["crop_boxes"][keep]],
-        )
+        return _Kept([self.pieces[i] for i in keep.tolist()], self.scores[keep], self.stability[keep],
+                     self.boxes[keep], self.points[keep], self.crop_boxes[keep])
 
-    def extend(self, other: "_Kept") -> None:
-        self.pieces.extend(other.pieces)
-        for name in ("scores", "stability", "boxes", "points", "crop_boxes"):
-            getattr(self, name).extend(getattr(other, name))
+    def extend(self, other: "_Kept") -> "_Kept":
+        return _Kept(self.pieces + other.pieces, torch.cat([self.scores, other.scores]),
+                     torch.cat([self.stability, other.stability]), torch.cat([self.boxes, other.boxes]),
+                     torch.cat([self.points, other.points]), torch.cat([self.crop_boxes, other.crop_boxes]))
+
+
+def _piece(mask: torch.Tensor, box: list[int]) -> torch.Tensor:
+    """Cut a full-image mask to its (inclusive) box, on the CPU."""
+    x0, y0, x1, y1 = box
+    return mask[y0 : y1 + 1, x0 : x1 + 1].cpu().clone()
 
 
 def _full_mask(piece: torch.Tensor, box: list[int], image_size: tuple[int, int]) -> torch.Tensor:
@@ -214,6 +201,26 @@ def _full_mask(piece: torch.Tensor, box: list[int], image_size: tuple[int, int])
     x0, y0 = box[0], box[1]
     mask[y0 : y0 + piece.shape[0], x0 : x0 + piece.shape[1]] = piece
     return mask
+
+
+def _nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Indices kept by torchvision's batched NMS (one class), best score first."""
+    return batched_nms(boxes.float(), scores.float(), torch.zeros(len(scores), dtype=torch.int64), threshold)
+
+
+@dataclass
+class _Crop:
+    """One crop, encoded once: what every point batch of it needs."""
+
+    box: list[int]
+    index: int
+    size: tuple[int, int]  # (height, width) of the crop
+    resized: tuple[int, int]  # (height, width) the model sees, before padding
+    padded: tuple[int, int]
+    embeddings: torch.Tensor
+    points: torch.Tensor  # (n, 2) float64 grid points in the crop's pixel frame
+    model_points: torch.Tensor  # the same points in the resized frame
+    image_box: list[int]
 
 
 class SamAutomaticMaskGenerator:
@@ -237,28 +244,15 @@ class SamAutomaticMaskGenerator:
         settings = MaskGenerationSettings.build(self.settings, **overrides)
         pixels = self._load(image)
         image_size = (int(pixels.shape[-2]), int(pixels.shape[-1]))
-        crop_boxes, _ = mask_utils.generate_crop_boxes(image_size, settings.crops_n_layers, settings.crop_overlap_ratio)
-
-        kept = _Kept()
-        current: _Kept | None = None
-        current_crop = -1
-        for batch in self._batches(pixels, settings):
-            if batch.crop_index != current_crop:
-                if current is not None:
-                    kept.extend(self._nms_within_crop(current, settings))
-                current, current_crop = _Kept(), batch.crop_index
-            current.add(batch)
-        if current is not None:
-            kept.extend(self._nms_within_crop(current, settings))
-
-        if len(crop_boxes) > 1 and kept.pieces:
-            data = kept.tensors()
-            crop_scores = 1.0 / mask_utils.box_area(data["crop_boxes"]).to(torch.float32)
-            keep = batched_nms(
-                data["boxes"].float(), crop_scores, torch.zeros(len(crop_scores)), settings.crops_nms_thresh
-            )
-            kept = kept.select(keep)
-        if settings.min_mask_region_area > 0 and kept.pieces:
+        kept = _Kept.empty()
+        crops = list(self._crops(pixels, settings))
+        for crop_box, crop_index, grid in crops:
+            crop = self._encode_crop(pixels, crop_box, crop_index, grid)
+            kept = kept.extend(self._crop_survivors(crop, settings))
+            del crop
+        if len(crops) > 1 and len(kept):
+            kept = kept.select(_nms(kept.boxes, 1.0 / mask_utils.box_area(kept.crop_boxes).float(), settings.crops_nms_thresh))
+        if settings.min_mask_region_area > 0 and len(kept):
             kept = self._remove_small_regions(kept, image_size, settings)
         return self._finish(kept, image_size, settings)
 
@@ -282,163 +276,189 @@ class SamAutomaticMaskGenerator:
             )
         return images[0]
 
-    def _batches(self, pixels: torch.Tensor, settings: MaskGenerationSettings) -> Iterator[MaskBatch]:
+    def _crops(self, pixels: torch.Tensor, settings: MaskGenerationSettings) -> Iterator[tuple[list[int], int, torch.Tensor]]:
         image_size = (int(pixels.shape[-2]), int(pixels.shape[-1]))
         crop_boxes, layers = mask_utils.generate_crop_boxes(image_size, settings.crops_n_layers, settings.crop_overlap_ratio)
         grids = mask_utils.build_layer_point_grids(
             settings.points_per_side, settings.crops_n_layers, settings.crop_n_points_downscale_factor
         )
         for crop_index, (crop_box, layer) in enumerate(zip(crop_boxes, layers)):
-            yield from self._crop_batches(pixels, crop_box, crop_index, grids[layer], settings)
+            yield crop_box, crop_index, grids[layer]
 
-    def _crop_batches(
-        self,
-        pixels: torch.Tensor,
-        crop_box: list[int],
-        crop_index: int,
-        grid: torch.Tensor,
-        settings: MaskGenerationSettings,
-    ) -> Iterator[MaskBatch]:
+    def _batches(self, pixels: torch.Tensor, settings: MaskGenerationSettings) -> Iterator[MaskBatch]:
+        for crop_box, crop_index, grid in self._crops(pixels, settings):
+            crop = self._encode_crop(pixels, crop_box, crop_index, grid)
+            for start in range(0, crop.points.shape[0], settings.points_per_batch):  # the last batch may be partial
+                yield self._run_batch(crop, start, settings)
+
+    def _encode_crop(self, pixels: torch.Tensor, crop_box: list[int], crop_index: int, grid: torch.Tensor) -> _Crop:
+        """Encode one crop and place its grid points in the crop's and the model's frames."""
         x0, y0, x1, y1 = crop_box
-        crop = pixels[:, y0:y1, x0:x1]
-        crop_size = (y1 - y0, x1 - x0)
-        inputs = self.image_processor(crop, input_data_format="channels_first", return_tensors="pt")
+        size = (y1 - y0, x1 - x0)
+        inputs = self.image_processor(pixels[:, y0:y1, x0:x1], input_data_format="channels_first", return_tensors="pt")
         device, dtype = _device_and_dtype(self.model)
         embeddings = self.model.get_image_embeddings(inputs["pixel_values"].to(device=device, dtype=dtype))
         resized = tuple(int(v) for v in inputs["reshaped_input_sizes"][0])
-        padded = (int(inputs["pixel_values"].shape[-2]), int(inputs["pixel_values"].shape[-1]))
+        points = grid * torch.tensor([size[1], size[0]], dtype=torch.float64)
+        scale = torch.tensor([resized[1] / size[1], resized[0] / size[0]], dtype=torch.float64)
+        return _Crop(
+            box=list(crop_box),
+            index=crop_index,
+            size=size,
+            resized=resized,
+            padded=tuple(int(v) for v in inputs["pixel_values"].shape[-2:]),
+            embeddings=embeddings,
+            points=points,
+            model_points=points * scale,
+            image_box=[0, 0, int(pixels.shape[-1]), int(pixels.shape[-2])],
+        )
 
-        # Points in the crop's pixel frame, then scaled into the resized frame the model sees.
-        points = grid * torch.tensor([crop_size[1], crop_size[0]], dtype=torch.float64)
-        scale = torch.tensor([resized[1] / crop_size[1], resized[0] / crop_size[0]], dtype=torch.float64)
-        model_points = points * scale
-        image_box = [0, 0, int(pixels.shape[-1]), int(pixels.shape[-2])]
-        for start in range(0, points.shape[0], settings.points_per_batch):  # the last batch may be partial
-            batch_points = model_points[start : start + settings.points_per_batch].to(device)
-            count = batch_points.shape[0]
-            output = self.model(
-                image_embeddings=embeddings,
-                input_points=batch_points[None, :, None, :],
-                input_labels=torch.ones((1, count, 1), dtype=torch.int64, device=device),
-                multimask_output=True,
-            )
-            logits = output.pred_masks[0].flatten(0, 1)  # (count * masks, h, w)
-            scores = output.iou_scores[0].flatten(0, 1).float()
-            masks_per_point = output.iou_scores.shape[-1]
-            prompt_points = points[start : start + count].repeat_interleave(masks_per_point, dim=0)
-            yield self._filter(
-                logits, scores, prompt_points, crop_box, crop_index, crop_size, resized, padded, image_box, count, settings
-            )
+    def _run_batch(self, crop: _Crop, start: int, settings: MaskGenerationSettings) -> MaskBatch:
+        """Prompt the crop with the points ``start : start + points_per_batch``; return the masks that pass the filters."""
+        device = crop.embeddings.device
+        batch_points = crop.model_points[start : start + settings.points_per_batch].to(device)
+        count = batch_points.shape[0]
+        output = self.model(
+            image_embeddings=crop.embeddings,
+            input_points=batch_points[None, :, None, :],
+            input_labels=torch.ones((1, count, 1), dtype=torch.int64, device=device),
+            multimask_output=True,
+        )
+        logits = output.pred_masks[0].flatten(0, 1)  # (count * masks per point, h, w)
+        scores = output.iou_scores[0].flatten(0, 1).float()
+        prompt_points = crop.points[start : start + count].repeat_interleave(output.iou_scores.shape[-1], dim=0)
+        return self._filter(logits, scores, prompt_points, crop, count, settings)
+
+    def _crop_survivors(self, crop: _Crop, settings: MaskGenerationSettings) -> _Kept:
+        """Run every point batch of a crop and return the masks that survive NMS within the crop.
+
+        Memory stays bounded: after each batch, NMS runs over the boxes of
+        every mask seen so far and only the masks it currently keeps are
+        stored. A mask dropped early can come back when the mask that
+        suppressed it is suppressed in turn; its batch is then run again
+        (same points, so the same result), which keeps the outcome exactly
+        that of one NMS over all masks.
+        """
+        boxes, scores, stability, points, origins = [], [], [], [], []
+        pieces: dict[int, torch.Tensor] = {}
+        starts = range(0, crop.points.shape[0], settings.points_per_batch)
+        for start in starts:
+            batch = self._run_batch(crop, start, settings)
+            first = sum(len(part) for part in scores)
+            for offset, (mask, box) in enumerate(zip(batch.masks, batch.boxes.tolist())):
+                pieces[first + offset] = _piece(mask, box)
+                origins.append((start, offset))
+            boxes.append(batch.boxes.cpu())
+            scores.append(batch.scores.cpu())
+            stability.append(batch.stability_scores.cpu())
+            points.append(batch.point_coords)
+            del batch
+            alive = set(_nms(torch.cat(boxes), torch.cat(scores), settings.box_nms_thresh).tolist())
+            for index in [index for index in pieces if index not in alive]:
+                del pieces[index]
+        if not origins:
+            return _Kept.empty()
+        all_boxes, all_scores = torch.cat(boxes), torch.cat(scores)
+        keep = _nms(all_boxes, all_scores, settings.box_nms_thresh)
+        missing = [index for index in keep.tolist() if index not in pieces]
+        for start in sorted({origins[index][0] for index in missing}):
+            logger.debug("Re-running the point batch at %d of crop %d for masks NMS brought back.", start, crop.index)
+            batch = self._run_batch(crop, start, settings)
+            for index in missing:
+                if origins[index][0] == start:
+                    pieces[index] = _piece(batch.masks[origins[index][1]], all_boxes[index].tolist())
+        count = len(all_scores)
+        crop_boxes = torch.tensor([crop.box] * count, dtype=torch.int64).reshape(count, 4)
+        ordered = [pieces[index] for index in keep.tolist()]
+        return _Kept(ordered, all_scores[keep], torch.cat(stability)[keep], all_boxes[keep], torch.cat(points)[keep],
+                     crop_boxes[keep])
 
     def _filter(
         self,
         logits: torch.Tensor,
         scores: torch.Tensor,
         points: torch.Tensor,
-        crop_box: list[int],
-        crop_index: int,
-        crop_size: tuple[int, int],
-        resized: tuple[int, int],
-        padded: tuple[int, int],
-        image_box: list[int],
+        crop: _Crop,
         count: int,
         settings: MaskGenerationSettings,
     ) -> MaskBatch:
-        """Keep a batch's masks that pass the IoU, stability and crop-edge tests; return them in the image frame."""
+        """Keep a batch's masks that pass the IoU, stability and crop-edge tests; return them in the image frame.
+
+        Only masks whose predicted IoU passes are upscaled, ``UPSCALE_CHUNK``
+        at a time, so the full-resolution float logits of a whole batch never
+        exist at once.
+        """
         keep = torch.ones_like(scores, dtype=torch.bool)
         if settings.pred_iou_thresh > 0.0:
             keep &= scores > settings.pred_iou_thresh
         index = torch.nonzero(keep).reshape(-1)
         binary, stability = [], []
         for start in range(0, index.numel(), UPSCALE_CHUNK):
-            chunk = index[start : start + UPSCALE_CHUNK]
-            full = upscale_mask_logits(logits[chunk].float(), padded, resized, crop_size)
+            full = upscale_mask_logits(logits[index[start : start + UPSCALE_CHUNK]].float(), crop.padded, crop.resized, crop.size)
             stability.append(mask_utils.stability_scores(full, settings.mask_threshold, settings.stability_score_offset))
             binary.append(full > settings.mask_threshold)
             del full
-        height, width = crop_size
-        masks = torch.cat(binary) if binary else torch.zeros((0, height, width), dtype=torch.bool, device=logits.device)
+        masks = torch.cat(binary) if binary else torch.zeros((0, *crop.size), dtype=torch.bool, device=logits.device)
         stability_scores = torch.cat(stability) if stability else torch.zeros(0, device=logits.device)
         scores, points = scores[index], points[index.cpu()]
         if settings.stability_score_thresh > 0.0:
             stable = stability_scores >= settings.stability_score_thresh
             masks, scores, stability_scores, points = masks[stable], scores[stable], stability_scores[stable], points[stable.cpu()]
         boxes = mask_utils.masks_to_boxes(masks)
-        inside = ~mask_utils.is_box_near_crop_edge(boxes, crop_box, image_box, settings.crop_edge_tolerance)
+        inside = ~mask_utils.is_box_near_crop_edge(boxes, crop.box, crop.image_box, settings.crop_edge_tolerance)
         masks, scores, stability_scores, points = masks[inside], scores[inside], stability_scores[inside], points[inside.cpu()]
         boxes = boxes[inside]
 
-        x0, y0 = crop_box[0], crop_box[1]
-        image_height, image_width = image_box[3], image_box[2]
-        if (x0, y0, crop_box[2], crop_box[3]) != (0, 0, image_width, image_height):
-            masks = torch.nn.functional.pad(
-                masks, (x0, image_width - crop_box[2], y0, image_height - crop_box[3]), value=False
-            )
-        offset = torch.tensor([x0, y0, x0, y0], dtype=torch.int64, device=boxes.device)
+        x0, y0, x1, y1 = crop.box
+        image_width, image_height = crop.image_box[2], crop.image_box[3]
+        if (x0, y0, x1, y1) != (0, 0, image_width, image_height):
+            masks = torch.nn.functional.pad(masks, (x0, image_width - x1, y0, image_height - y1), value=False)
         return MaskBatch(
             masks=masks,
             scores=scores,
             stability_scores=stability_scores,
-            boxes=boxes + offset,
+            boxes=boxes + torch.tensor([x0, y0, x0, y0], dtype=torch.int64, device=boxes.device),
             point_coords=points + torch.tensor([x0, y0], dtype=points.dtype),
-            crop_box=(x0, y0, crop_box[2], crop_box[3]),
-            crop_index=crop_index,
+            crop_box=(x0, y0, x1, y1),
+            crop_index=crop.index,
             points_in_batch=count,
         )
 
     @staticmethod
-    def _nms_within_crop(kept: _Kept, settings: MaskGenerationSettings) -> _Kept:
-        data = kept.tensors()
-        if not kept.pieces:
-            return kept
-        keep = batched_nms(
-            data["boxes"].float(), data["scores"], torch.zeros(len(data["scores"])), settings.box_nms_thresh
-        )
-        return kept.select(keep)
-
-    @staticmethod
     def _remove_small_regions(kept: _Kept, image_size: tuple[int, int], settings: MaskGenerationSettings) -> _Kept:
         """Fill small holes and drop small islands, then NMS again preferring untouched masks."""
-        data = kept.tensors()
         pieces, boxes, unchanged = [], [], []
-        for piece, box in zip(kept.pieces, data["boxes"].tolist()):
+        for piece, box in zip(kept.pieces, kept.boxes.tolist()):
             mask = _full_mask(piece, box, image_size).numpy()
             mask, filled = mask_utils.remove_small_regions(mask, settings.min_mask_region_area, "holes")
             mask, dropped = mask_utils.remove_small_regions(mask, settings.min_mask_region_area, "islands")
-            mask_tensor = torch.from_numpy(np.ascontiguousarray(mask))
-            new_box = mask_utils.masks_to_boxes(mask_tensor)
-            x0, y0, x1, y1 = new_box.tolist()
-            pieces.append(mask_tensor[y0 : y1 + 1, x0 : x1 + 1].clone())
-            boxes.append(new_box)
+            if filled or dropped:
+                mask_tensor = torch.from_numpy(np.ascontiguousarray(mask))
+                box = mask_utils.masks_to_boxes(mask_tensor).tolist()
+                piece = _piece(mask_tensor, box)
+            pieces.append(piece)
+            boxes.append(box)
             unchanged.append(0.0 if (filled or dropped) else 1.0)
-        new_boxes = torch.stack(boxes)
-        keep = batched_nms(
-            new_boxes.float(), torch.tensor(unchanged), torch.zeros(len(unchanged)), settings.box_nms_thresh
-        )
-        result = _Kept(pieces=pieces, scores=[data["scores"]], stability=[data["stability"]], boxes=[new_boxes])
-        result.points, result.crop_boxes = [data["points"]], [data["crop_boxes"]]
-        return result.select(keep)
+        new_boxes = torch.tensor(boxes, dtype=torch.int64).reshape(-1, 4)
+        cleaned = _Kept(pieces, kept.scores, kept.stability, new_boxes, kept.points, kept.crop_boxes)
+        return cleaned.select(_nms(new_boxes, torch.tensor(unchanged), settings.box_nms_thresh))
 
     @staticmethod
     def _finish(kept: _Kept, image_size: tuple[int, int], settings: MaskGenerationSettings) -> GeneratedMasks:
-        data = kept.tensors()
-        boxes = data["boxes"].tolist()
-        areas = torch.tensor([int(piece.sum()) for piece in kept.pieces], dtype=torch.int64)
+        boxes = kept.boxes.tolist()
         result = GeneratedMasks(
-            scores=data["scores"],
-            stability_scores=data["stability"],
-            boxes=data["boxes"],
-            areas=areas,
-            point_coords=data["points"],
-            crop_boxes=data["crop_boxes"],
+            scores=kept.scores,
+            stability_scores=kept.stability,
+            boxes=kept.boxes,
+            areas=torch.tensor([int(piece.sum()) for piece in kept.pieces], dtype=torch.int64),
+            point_coords=kept.points,
+            crop_boxes=kept.crop_boxes,
             image_size=image_size,
         )
         if settings.output_mode == "rle":
-            result.rles = [
-                mask_utils.mask_to_rle(_full_mask(piece, box, image_size)) for piece, box in zip(kept.pieces, boxes)
-            ]
+            result.rles = [mask_utils.mask_to_rle(_full_mask(piece, box, image_size)) for piece, box in zip(kept.pieces, boxes)]
         else:
-            masks = torch.zeros((len(kept.pieces), *image_size), dtype=torch.bool)
+            masks = torch.zeros((len(kept), *image_size), dtype=torch.bool)
             for index, (piece, box) in enumerate(zip(kept.pieces, boxes)):
                 masks[index, box[1] : box[1] + piece.shape[0], box[0] : box[0] + piece.shape[1]] = piece
             result.masks = masks

@@ -41,6 +41,7 @@ VISION = dict(
 )
 PROMPT = dict(hidden_size=16, image_size=64, patch_size=8, mask_input_channels=8)
 DECODER = dict(hidden_size=16, mlp_dim=32, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=16)
+UPSCALE_GAIN = 30.0
 PROCESSOR = dict(
     size={"longest_edge": 64},
     pad_size={"height": 64, "width": 64},
@@ -69,7 +70,9 @@ def _confident_masks(model: torch.nn.Module) -> None:
             leaf, owner = name.split(".")[-1], name.split(".")[-2]
             if leaf == "positional_embedding":
                 param.normal_(0.0, 1.0)
-            elif param.dim() >= 2 and "embed" not in owner and leaf != "pos_embed":
+            elif leaf == "pos_embed":
+                param.zero_()  # features then follow image content, not position
+            elif param.dim() >= 2 and "embed" not in owner:
                 fan_in = param.shape[0] * param.shape[2] * param.shape[3] if "upscale_conv" in owner else param[0].numel()
                 param.normal_(0.0, 1.0 / math.sqrt(fan_in))
             elif param.dim() >= 2 or "rel_pos" in leaf:
@@ -82,6 +85,8 @@ def _confident_masks(model: torch.nn.Module) -> None:
         decoder.iou_prediction_head.proj_out.bias.add_(0.8)
         for conv in (decoder.upscale_conv1, decoder.upscale_conv2):  # upsample like nearest: no 4x4 texture
             conv.weight.copy_(conv.weight[:, :, :1, :1].expand_as(conv.weight))
+            conv.bias.zero_()
+        decoder.upscale_conv2.weight.mul_(UPSCALE_GAIN)
 
 
 def build_checkpoint(folder: Path, perturb, seed: int = 0) -> Path:
@@ -101,7 +106,7 @@ def parity_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def amg_checkpoint(tmp_path_factory) -> Path:
-    return build_checkpoint(tmp_path_factory.mktemp("sam_amg"), _confident_masks, seed=0)
+    return build_checkpoint(tmp_path_factory.mktemp("sam_amg"), _confident_masks, seed=2)
 
 
 @pytest.fixture(scope="session")
