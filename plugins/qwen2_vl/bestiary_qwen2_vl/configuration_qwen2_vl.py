@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from bestiary.config import Config
 from bestiary.errors import ConfigError
@@ -19,11 +19,11 @@ from bestiary_text.configuration_qwen2 import Qwen2Config
 
 # Keys transformers writes for each part; anything else the file held is kept as an extra.
 _VISION_KEYS = (
-    "depth", "embed_dim", "hidden_size", "hidden_act", "mlp_ratio", "num_heads", "in_channels", "patch_size",
+    "dtype", "depth", "embed_dim", "hidden_size", "hidden_act", "mlp_ratio", "num_heads", "in_channels", "patch_size",
     "spatial_merge_size", "temporal_patch_size", "initializer_range", "rope_parameters",
 )
 _TEXT_KEYS = (
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "dtype", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
     "num_key_value_heads", "hidden_act", "max_position_embeddings", "initializer_range", "rms_norm_eps",
     "use_cache", "use_sliding_window", "sliding_window", "max_window_layers", "layer_types", "attention_dropout",
     "rope_parameters", "bos_token_id", "eos_token_id", "pad_token_id",
@@ -188,7 +188,7 @@ class Qwen2VLTextConfig(Qwen2Config):
         )
         if not has_theta:
             data["rope_theta"] = _TEXT_ROPE_THETA
-        data.pop("head_dim", None)  # Qwen2-VL always uses hidden_size // num_attention_heads
+        data["head_dim"] = None  # Qwen2-VL always uses hidden_size // num_attention_heads
         return data
 
     @model_validator(mode="after")
@@ -230,6 +230,16 @@ class Qwen2VLConfig(Config):
     vision_start_token_id: int = 151652
     vision_end_token_id: int = 151653
     tie_word_embeddings: bool = False
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc']) or '(root)'}: {error['msg'].removeprefix('Value error, ')}"
+                for error in exc.errors()
+            )
+            raise ConfigError(f"Invalid Qwen2VLConfig: {problems}") from None
 
     @model_validator(mode="before")
     @classmethod

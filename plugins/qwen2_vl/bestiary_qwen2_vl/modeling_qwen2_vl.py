@@ -47,6 +47,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from bestiary.config import Config
 from bestiary.errors import ConfigError, ProcessingError
 from bestiary.generation.cache import Cache
 from bestiary.generation.mixin import GenerationMixin
@@ -224,10 +225,22 @@ class Qwen2VLPatchMerger(nn.Module):
 
 
 class Qwen2VLPreTrainedModel(PreTrainedModel):
-    """Shared loading and initialisation of Qwen2-VL models."""
+    """Shared loading, saving and initialisation of Qwen2-VL models."""
 
     config_class = Qwen2VLConfig
     base_model_prefix = "model"
+
+    def save_pretrained(self, save_directory: Any, **kwargs: Any) -> None:
+        """Save in transformers' format; like transformers, each sub-config records the weights' dtype too."""
+        subs = [getattr(self.config, name, None) for name in ("text_config", "vision_config")]
+        subs = [sub for sub in subs if isinstance(sub, Config) and sub.dtype is None]
+        for sub in subs:
+            sub.__dict__["dtype"] = str(self.dtype).replace("torch.", "")
+        try:
+            super().save_pretrained(save_directory, **kwargs)
+        finally:
+            for sub in subs:
+                sub.__dict__["dtype"] = None
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
