@@ -1,0 +1,126 @@
+"""Writing a model (and optionally its tokenizer and chat template) as a GGUF file.
+
+``model.save_pretrained(folder, gguf="Q8_0")`` or ``gguf="name.gguf:F16"``
+writes one GGUF file through the converter of the plugin that declares the
+model type's GGUF architecture: names and metadata are the plugin's, the
+file format is llama.cpp's (read back by bestiary, the ``gguf`` package and
+transformers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from bestiary.errors import CheckpointError, ConfigError
+from bestiary.registry import get_registry
+
+from .loading import interleave_rows
+from .writer import write_gguf
+
+logger = logging.getLogger(__name__)
+
+EXPORT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED = 1, 3, 4
+
+
+def parse_target(spec: str) -> tuple[str | None, str]:
+    """Split ``"name.gguf:Q8_0"``, ``"name.gguf"`` or ``"Q8_0"`` into (file name or None, tensor type)."""
+    name, _, tensor_type = spec.partition(":")
+    if not tensor_type and not name.endswith(".gguf"):
+        name, tensor_type = "", name
+    tensor_type = (tensor_type or "F16").upper()
+    if tensor_type not in EXPORT_TYPES:
+        raise ConfigError(f"gguf={spec!r}: tensor type {tensor_type} is not writable; choose one of {EXPORT_TYPES}.")
+    return name or None, tensor_type
+
+
+def converter_for_model_type(model_type: str) -> Any:
+    """The converter of the plugin registering ``model_type`` (it must declare a GGUF architecture)."""
+    registry = get_registry()
+    spec = registry.architecture(model_type).spec
+    if not spec.gguf_converter or not spec.gguf_architectures:
+        raise CheckpointError(f"model_type {model_type!r} has no GGUF support (its plugin declares no gguf_converter).")
+    return registry.resolve(spec.gguf_converter)
+
+
+def save_model_as_gguf(model: Any, directory: str | Path, gguf: str, tokenizer: Any = None) -> Path:
+    """Write ``model`` (and ``tokenizer`` if given) as one GGUF file in ``directory``; return its path."""
+    name, tensor_type = parse_target(gguf)
+    config = model.config
+    converter = converter_for_model_type(config.model_type)
+    arch = converter.gguf_architecture(config.model_type)
+    source_name = Path(getattr(model, "name_or_path", "") or "model").name
+    metadata: dict[str, Any] = {"general.name": source_name}
+    metadata.update(converter.metadata_from_config(arch, config))
+    if tokenizer is not None:
+        metadata.update(tokenizer_metadata(tokenizer))
+    else:
+        metadata[f"{arch}.vocab_size"] = config.vocab_size
+    path = Path(directory) / (name or f"model-{tensor_type}.gguf")
+    write_gguf(path, arch, metadata, _tensors(model, converter, arch), tensor_type)
+    logger.info("Wrote %s (%s).", path, tensor_type)
+    return path
+
+
+def _tensors(model: Any, converter: Any, arch: str) -> Iterator[tuple[str, torch.Tensor]]:
+    tied_targets = set(model._tied_pairs()) if hasattr(model, "_tied_pairs") else set()
+    for hf_name, tensor in model.state_dict().items():
+        if hf_name in tied_targets:
+            continue
+        gguf_name = converter.gguf_tensor_name(hf_name)
+        if gguf_name is None:
+            raise CheckpointError(f"No GGUF name for tensor {hf_name!r}; the {arch} converter does not map it.")
+        heads = converter.row_permutation(arch, hf_name, model.config)
+        tensor = tensor.detach().float()
+        if heads is not None:
+            tensor = tensor[interleave_rows(tensor.shape[0], heads)]
+        yield gguf_name, tensor
+
+
+def tokenizer_metadata(tokenizer: Any) -> dict[str, Any]:
+    """GGUF tokenizer metadata for a byte-level BPE tokenizer (tokens, types, merges, special ids, template)."""
+    backend = tokenizer.backend_tokenizer
+    model = json.loads(backend.to_str())["model"]
+    if model.get("type") != "BPE" or not model.get("merges"):
+        raise CheckpointError(
+            "Only byte-level BPE tokenizers (GPT-2/Llama-3/SmolLM style) can be written into GGUF metadata; "
+            "save this model without tokenizer= and keep its tokenizer.json beside the GGUF file."
+        )
+    vocab = backend.get_vocab(with_added_tokens=True)
+    tokens = [""] * (max(vocab.values()) + 1)
+    for token, index in vocab.items():
+        tokens[index] = token
+    added = {token.content: token for token in backend.get_added_tokens_decoder().values()}
+    types = [
+        (TOKEN_CONTROL if added[token].special else TOKEN_USER_DEFINED) if token in added else TOKEN_NORMAL
+        for token in tokens
+    ]
+    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model["merges"]]
+    metadata: dict[str, Any] = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": _tokenizer_setting(tokenizer, "gguf_pre", "default"),
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.add_bos_token": bool(_tokenizer_setting(tokenizer, "add_bos_token", False)),
+    }
+    for role, key in (("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"), ("pad_token", "padding")):
+        token = getattr(tokenizer, role, None)
+        if token is not None and token in vocab:
+            metadata[f"tokenizer.ggml.{key}_token_id"] = vocab[token]
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str):
+        metadata["tokenizer.chat_template"] = template
+    return metadata
+
+
+def _tokenizer_setting(tokenizer: Any, key: str, default: Any) -> Any:
+    """A setting kept in the tokenizer's saved config (tokenizer_config.json keys)."""
+    settings = getattr(tokenizer, "_config", None)
+    value = settings.get(key) if isinstance(settings, dict) else None
+    return default if value is None else value
