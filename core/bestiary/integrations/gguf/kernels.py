@@ -151,10 +151,11 @@ def pack_q4_values(values: torch.Tensor) -> torch.Tensor:
     rows, blocks = values.shape[:2]
     if blocks % 2:
         values = torch.cat([values, values.new_zeros(rows, 1, 32)], dim=1)
-    grouped = values.to(torch.int64).reshape(rows, -1, 8, 8)  # [rows, groups, v, lane]
-    words = (grouped << _NIBBLE_SHIFTS).sum(dim=2)
-    words = torch.where(words >= 2**31, words - 2**32, words)
-    return words.to(torch.int32).reshape(rows, -1)
+    grouped = values.to(torch.int32).reshape(rows, -1, 8, 8)  # [rows, groups, v, lane]
+    words = grouped[:, :, 0].clone()
+    for v in range(1, 8):  # int32 shifts wrap, so nibble 7 lands in the sign bit as intended
+        words |= grouped[:, :, v] << (4 * v)
+    return words.reshape(rows, -1)
 
 
 def _fused_torch_matmul(
