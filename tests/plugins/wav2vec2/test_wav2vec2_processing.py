@@ -114,8 +114,9 @@ def test_tokenizer_files_round_trip_and_lower_case(tokenizers, tmp_path):
     assert theirs("HELLO").input_ids == ours("HELLO").input_ids
     lower = Wav2Vec2CTCTokenizer(VOCAB, do_lower_case=True)
     assert lower.decode(lower("hello there").input_ids, group_tokens=False) == "hello there"
+    (tmp_path / "empty").mkdir()
     with pytest.raises(HubError, match="vocab.json"):
-        Wav2Vec2CTCTokenizer.from_pretrained(tmp_path / "missing")
+        Wav2Vec2CTCTokenizer.from_pretrained(tmp_path / "empty")
 
 
 def test_processor_round_trips_with_transformers(ctc_checkpoint, tmp_path):
