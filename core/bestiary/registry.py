@@ -190,26 +190,26 @@ class Registry:
             self._discovered = True
             from importlib.metadata import entry_points
 
+            import pluggy
+
+            from bestiary import hookspecs
+
+            manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+            manager.add_hookspecs(hookspecs)
             for entry_point in entry_points(group=ENTRY_POINT_GROUP):
-                self._load_entry_point(entry_point)
+                self._load_entry_point(manager, entry_point)
         return self
 
-    def _load_entry_point(self, entry_point) -> None:
-        import pluggy
-
-        from bestiary import hookspecs
-
-        dist = entry_point.dist
-        distribution = dist.metadata["Name"] if dist is not None else "<unknown>"
-        version = dist.version if dist is not None else ""
+    def _load_entry_point(self, manager, entry_point) -> None:
+        distribution, version = _distribution_of(entry_point)
         provider = Provider(plugin=entry_point.name, distribution=distribution, version=version)
         try:
             module = entry_point.load()
-            manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
-            manager.add_hookspecs(hookspecs)
+            if manager.is_registered(module):
+                return  # the same module announced twice: a no-op
             manager.register(module, name=entry_point.name)
-            architectures = _call_hook(manager.hook.bestiary_architectures)
-            pipelines = _call_hook(manager.hook.bestiary_pipelines)
+            architectures = _call_plugin_hook(manager.hook.bestiary_architectures, entry_point.name)
+            pipelines = _call_plugin_hook(manager.hook.bestiary_pipelines, entry_point.name)
         except Exception as exc:  # a broken plugin is recorded, not fatal
             self._record_failure(provider, exc)
             return
@@ -428,11 +428,28 @@ class Registry:
         return found
 
 
-def _call_hook(hook_caller) -> list:
+def _call_plugin_hook(hook_caller, plugin_name: str) -> list:
+    """Call one plugin's implementation of a hook (so results are attributed to it)."""
     results = []
-    for returned in hook_caller():
-        results.extend(returned or [])
+    for implementation in hook_caller.get_hookimpls():
+        if implementation.plugin_name == plugin_name:
+            results.extend(implementation.function() or [])
     return results
+
+
+_DIST_INFO = re.compile(r"^(?P<name>.+?)-(?P<version>[^-]+)\.(dist|egg)-info$")
+
+
+def _distribution_of(entry_point) -> tuple[str, str]:
+    """(normalised distribution name, version) of an entry point, read from its folder name when possible."""
+    dist = entry_point.dist
+    if dist is None:
+        return "<unknown>", ""
+    folder = getattr(dist, "_path", None)
+    match = _DIST_INFO.match(getattr(folder, "name", ""))
+    if match:
+        return re.sub(r"[-_.]+", "-", match.group("name")).lower(), match.group("version")
+    return dist.metadata["Name"], dist.version
 
 
 def _preferences_from_env() -> dict[str, str]:
