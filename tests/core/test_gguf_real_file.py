@@ -81,3 +81,18 @@ def test_open_is_fast(smollm_file: GGUFFile) -> None:
     start = time.perf_counter()
     GGUFFile(smollm_file.path)
     assert time.perf_counter() - start < 3.0
+
+
+def test_kept_quantized_layers_on_real_weights(smollm_file: GGUFFile) -> None:
+    from bestiary.integrations.gguf import QuantizedLinear
+
+    for name in ("blk.0.ffn_down.weight", "blk.0.attn_k.weight"):
+        info = smollm_file.tensor(name)
+        layer = QuantizedLinear.from_gguf(info.raw(), info.ggml_type, info.shape, name=name)
+        weight = info.dequantize()
+        assert torch.equal(layer.dequantize_weight(), weight)
+        x = torch.randn(3, info.shape[1], generator=torch.Generator().manual_seed(0))
+        for rows in (1, 3):
+            exact = x[:rows].double() @ weight.double().T
+            scale = (x[:rows].double().abs() @ weight.double().abs().T).max()
+            assert ((layer(x[:rows]).double() - exact).abs().max() / scale).item() < 2e-6
