@@ -374,6 +374,11 @@ class BertModel(BertPreTrainedModel):
         """Encode ``input_ids`` (or ``inputs_embeds``); returns the last hidden state and the pooled output."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
+        if kwargs.get("encoder_hidden_states") is not None:
+            raise ValueError(
+                "encoder_hidden_states was given, but bestiary's BertModel has no cross-attention (BERT as the "
+                "decoder of an encoder-decoder model is not supported); drop the argument."
+            )
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states

@@ -238,3 +238,10 @@ def test_too_long_input_says_how_to_fix():
     model = BertModel(BertConfig(**TINY)).eval()
     with pytest.raises(ValueError, match="truncat"):
         model(torch.ones(1, TINY["max_position_embeddings"] + 1, dtype=torch.long))
+
+
+def test_cross_attention_inputs_are_refused_not_ignored():
+    model = BertModel(BertConfig(**TINY)).eval()
+    ids = torch.ones(1, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="cross-attention"):
+        model(ids, encoder_hidden_states=torch.zeros(1, 3, TINY["hidden_size"]))

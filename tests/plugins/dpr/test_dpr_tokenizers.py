@@ -201,3 +201,15 @@ def test_saved_tokenizers_load_in_transformers_as_dpr_classes(minilm_path, tmp_p
     assert back(questions=QUESTION, titles=TITLES, texts=TEXTS)["input_ids"] == DPRReaderTokenizer.from_pretrained(
         tmp_path
     )(questions=QUESTION, titles=TITLES, texts=TEXTS)["input_ids"]
+
+
+def test_decode_best_spans_argument_errors(readers):
+    ours, _ = readers
+    encoded = ours(questions=QUESTION, titles=TITLES, texts=TEXTS, padding=True, return_tensors="pt")
+    output = DPRReaderOutput(*crafted_logits(encoded, favour_titles=False))
+    with pytest.raises(ProcessingError, match="num_spans_per_passage"):
+        ours.decode_best_spans(encoded, output, num_spans_per_passage=0)
+    with pytest.raises(ProcessingError, match="passages"):
+        ours.decode_best_spans({"input_ids": encoded["input_ids"][:2]}, output)
+    as_tuple = ours.decode_best_spans(encoded, (output.start_logits, output.end_logits, output.relevance_logits))
+    assert as_tuple == ours.decode_best_spans(encoded, output)
