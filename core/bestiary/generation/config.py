@@ -122,6 +122,7 @@ class GenerationConfig(BaseModel):
     cache_config: dict[str, Any] | None = None
     max_cache_len: int | None = Field(None, gt=0)
     compile_decode: bool = Field(False, description="torch.compile the one-token decode step (static caches).")
+    compile_config: dict[str, Any] | None = Field(None, description="Keyword arguments of torch.compile (backend, mode...).")
     prefill_chunk_size: int | None = Field(None, gt=0)
     # -- logits manipulation -------------------------------------------------
     temperature: float = Field(1.0, ge=0.0)

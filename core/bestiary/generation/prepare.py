@@ -216,6 +216,7 @@ def prepare_generation(
         max_length=max_length,
         model_kwargs=model_kwargs,
         compile_step=compile_step,
+        compile_options=config.compile_config,
     )
     return GenerationPlan(
         model=model,
@@ -283,7 +284,8 @@ def _decoder_only_inputs(
         )
     input_ids = input_ids.long()
     if attention_mask is None:
-        attention_mask = _infer_attention_mask(input_ids, config)
+        if not placeholder:
+            attention_mask = _infer_attention_mask(input_ids, config)
     elif attention_mask.dim() != 2:
         raise GenerationError("attention_mask passed to generate() must be 2D [batch, length].")
     if attention_mask is not None and input_ids.shape[0] > 1 and bool((attention_mask[:, -1] == 0).any()):

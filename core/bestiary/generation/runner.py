@@ -49,6 +49,7 @@ class ModelRunner:
         max_length: int,
         model_kwargs: dict[str, Any] | None = None,
         compile_step: bool = False,
+        compile_options: dict[str, Any] | None = None,
     ) -> None:
         rows, prompt_length = input_ids.shape
         if prompt_length > max_length:
@@ -71,6 +72,7 @@ class ModelRunner:
             )
         self.first_step = True
         self.compile_step = compile_step
+        self.compile_options = dict(compile_options or {})
         self._arange = torch.arange(max_length, device=device)
         padded = attention_mask is not None and not bool(attention_mask.all())
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
@@ -158,9 +160,20 @@ class ModelRunner:
         """Run the model on ``new_ids`` placed at absolute position ``start`` (rows may be repeated ``repeat_rows`` times)."""
         count = new_ids.shape[1]
         end = start + count
+        compiled = (
+            self.compile_step
+            and count == 1
+            and not self.first_step
+            and not output_hidden_states
+            and not output_attentions
+            and repeat_rows == 1
+        )
         cache_position = self._arange[start:end]
         position_ids = self.positions[:, start:end]
-        attention_mask = self.mask[:, :end] if self.mask is not None else None
+        attention_mask = None
+        if self.mask is not None:
+            # a compiled step sees the whole buffer, so its shape never changes (masks index it by position)
+            attention_mask = self.mask if compiled else self.mask[:, :end]
         if repeat_rows > 1:
             position_ids = position_ids.repeat_interleave(repeat_rows, dim=0)
             if attention_mask is not None:
@@ -186,14 +199,6 @@ class ModelRunner:
             inputs["output_hidden_states"] = True
         if output_attentions:
             inputs["output_attentions"] = True
-        compiled = (
-            self.compile_step
-            and count == 1
-            and not self.first_step
-            and not output_hidden_states
-            and not output_attentions
-            and repeat_rows == 1
-        )
         if compiled:
             outputs = self._compiled_forward(inputs)
         else:
@@ -209,7 +214,7 @@ class ModelRunner:
         cache = inputs.get("past_key_values")
         if cache is not None:
             cache.begin_step(inputs["cache_position"])
-        step = compiled_decode_step(self.model)
+        step = compiled_decode_step(self.model, self.compile_options)
         logits = step(inputs)
         return _LogitsOnly(logits, cache)
 
@@ -231,16 +236,23 @@ class _LogitsOnly:
         return getattr(self, key, None) is not None
 
 
-def compiled_decode_step(model: Any):
-    """``torch.compile`` of a one-token forward that returns the logits, built once per model."""
-    step = model.__dict__.get("_bestiary_compiled_decode_step")
+def compiled_decode_step(model: Any, options: dict[str, Any] | None = None):
+    """``torch.compile`` of a one-token forward that returns the logits, built once per model and options.
+
+    The compiled function is kept on the model, so later ``generate()`` calls
+    (with new caches of the same shapes) reuse it without recompiling.
+    """
+    options = {"dynamic": False, "fullgraph": False, **(options or {})}
+    key = repr(sorted(options.items()))
+    steps = model.__dict__.setdefault("_bestiary_compiled_decode_steps", {})
+    step = steps.get(key)
     if step is None:
 
         def decode(inputs: dict[str, Any]) -> torch.Tensor:
             return model(**inputs).logits
 
-        step = torch.compile(decode, dynamic=False, fullgraph=False)
-        model.__dict__["_bestiary_compiled_decode_step"] = step
+        step = torch.compile(decode, **options)
+        steps[key] = step
         logger.info("Compiling the decode step of %s (the first steps are slow).", type(model).__name__)
     return step
 

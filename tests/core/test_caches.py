@@ -1,0 +1,264 @@
+"""Caches: each gives the dynamic cache's greedy tokens where attention is unchanged; reuse, compile, sink reference.
+
+The sink cache changes attention once tokens are evicted, so it is checked
+against a written-out StreamingLLM reference (sinks + recent window, keys
+re-rotated to their slot in the cache); the quantized cache is exact while
+nothing is quantized and close afterwards.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bestiary.errors import GenerationError
+from bestiary.generation.cache import Cache, DynamicCache, EncoderDecoderCache
+from bestiary.generation.offloaded_cache import OffloadedCache
+from bestiary.generation.quantized_cache import QuantizedCache, dequantize, quantize
+from bestiary.generation.static_cache import StaticCache
+from tests.core.test_generation_models import left_padded, one_thread, prompt, tiny_llama, tiny_mistral  # noqa: F401
+
+EQUIVALENT = {
+    "static": None,
+    "offloaded": None,
+    "offloaded_static": None,
+    "quantized": {"nbits": 4, "residual_length": 64},
+    "sink": {"window_length": 64, "num_sink_tokens": 4},
+    "sliding_window": {"sliding_window": 64},
+}
+
+
+def batch():
+    return left_padded([prompt(9, seed=2)[0], prompt(5, seed=3)[0], prompt(7, seed=4)[0]], pad=0)
+
+
+@pytest.mark.parametrize("implementation", sorted(EQUIVALENT))
+def test_every_cache_gives_the_dynamic_tokens(implementation):
+    model = tiny_llama()
+    ids, mask = batch()
+    expected = model.generate(ids, attention_mask=mask, max_new_tokens=14, eos_token_id=None)
+    got = model.generate(
+        ids, attention_mask=mask, max_new_tokens=14, eos_token_id=None,
+        cache_implementation=implementation, cache_config=EQUIVALENT[implementation],
+    )
+    assert torch.equal(got, expected)
+
+
+def test_sliding_window_cache_bounds_memory_for_a_windowed_model():
+    model = tiny_mistral(sliding_window=6)
+    ids = prompt(5)
+    expected = model.generate(ids, max_new_tokens=24, eos_token_id=None)
+    out = model.generate(
+        ids, max_new_tokens=24, eos_token_id=None, cache_implementation="sliding_window", return_dict_in_generate=True
+    )
+    assert torch.equal(out.sequences, expected)
+    cache = out.past_key_values
+    assert cache.get_seq_length() == 5 + 23
+    kept = cache._end[0] - cache._start[0]
+    assert kept == 6  # only the window is kept, yet tokens equal the dynamic cache's
+
+
+def test_sliding_window_needs_a_window():
+    with pytest.raises(GenerationError, match="sliding_window"):
+        tiny_llama().generate(prompt(4), max_new_tokens=2, cache_implementation="sliding_window")
+
+
+def test_beam_search_and_sampling_with_a_static_cache():
+    model = tiny_llama()
+    ids, mask = batch()
+    expected = model.generate(ids, attention_mask=mask, max_new_tokens=8, num_beams=3, num_return_sequences=2)
+    got = model.generate(ids, attention_mask=mask, max_new_tokens=8, num_beams=3, num_return_sequences=2, cache_implementation="static")
+    assert torch.equal(got, expected)
+    torch.manual_seed(2)
+    sampled = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=True, cache_implementation="static")
+    torch.manual_seed(2)
+    assert torch.equal(sampled, model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=True))
+
+
+def test_compiled_decode_step_gives_the_same_tokens_in_one_graph():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = tiny_llama()
+    ids, mask = batch()
+    expected = model.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=None)
+    options = {"backend": "eager", "fullgraph": True}  # fullgraph: a graph break would raise
+    got = model.generate(
+        ids, attention_mask=mask, max_new_tokens=10, eos_token_id=None, compile_decode=True, compile_config=options
+    )
+    assert torch.equal(got, expected)
+    again = model.generate(
+        ids, attention_mask=mask, max_new_tokens=10, eos_token_id=None, compile_decode=True, compile_config=options
+    )
+    assert torch.equal(again, expected)
+    from torch._dynamo.utils import counters
+
+    assert counters["stats"]["unique_graphs"] == 1  # one graph for every step of both calls: no recompilation
+    with pytest.raises(GenerationError, match="static"):
+        model.generate(ids, max_new_tokens=2, compile_decode=True, cache_implementation="dynamic")
+
+
+# -- reuse across calls --------------------------------------------------------------------
+class CountingHook:
+    def __init__(self, model):
+        self.lengths: list[int] = []
+        self.handle = model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def __call__(self, module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        self.lengths.append(ids.shape[1] if ids is not None else kwargs["inputs_embeds"].shape[1])
+
+
+@pytest.mark.parametrize("make_cache", [DynamicCache, lambda: StaticCache(64)], ids=["dynamic", "static"])
+def test_multi_turn_reuse_computes_only_new_tokens(make_cache):
+    model = tiny_llama()
+    cache = make_cache()
+    first_turn = prompt(7)
+    out = model.generate(first_turn, max_new_tokens=5, eos_token_id=None, past_key_values=cache, return_dict_in_generate=True)
+    assert out.past_key_values is cache and cache.get_seq_length() == 7 + 5 - 1
+    second_turn = torch.cat([out.sequences, prompt(4, seed=8)], dim=1)
+    hook = CountingHook(model)
+    resumed = model.generate(second_turn, max_new_tokens=6, eos_token_id=None, past_key_values=cache)
+    hook.handle.remove()
+    assert hook.lengths[0] == 1 + 4  # the last answer token (never fed) and the 4 new ones
+    assert hook.lengths[1:] == [1] * 5
+    assert torch.equal(resumed, model.generate(second_turn, max_new_tokens=6, eos_token_id=None))
+
+
+def test_passing_a_cache_and_a_cache_implementation_is_an_error():
+    with pytest.raises(GenerationError, match="past_key_values"):
+        tiny_llama().generate(prompt(3), max_new_tokens=2, past_key_values=DynamicCache(), cache_implementation="static")
+
+
+# -- sink cache ------------------------------------------------------------------------------------
+def rotate(keys: torch.Tensor, shift: int, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotary rotation by ``shift`` positions, written out per channel pair (halves convention)."""
+    angle = shift * inv_freq
+    first, second = keys[..., : inv_freq.shape[0]], keys[..., inv_freq.shape[0] :]
+    return torch.cat([first * angle.cos() - second * angle.sin(), second * angle.cos() + first * angle.sin()], dim=-1)
+
+
+class ReferenceSinkCache(Cache):
+    """StreamingLLM, naively: per token keep (rotary position used, key, value, absolute position).
+
+    Before n new tokens arrive, evict middle tokens so that sinks + recent + n
+    fit in the window; returned keys are rotated from the position they were
+    computed at to their slot in the cache.
+    """
+
+    def __init__(self, window: int, sinks: int, inv_freq: torch.Tensor) -> None:
+        self.window, self.sinks, self.inv_freq = window, sinks, inv_freq
+        self.layers: dict[int, list[tuple[int, torch.Tensor, torch.Tensor, int]]] = {}
+        self.seen = 0
+
+    def kept(self) -> int:
+        return len(self.layers.get(0, []))
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen
+
+    def key_positions(self, layer_idx, cache_position):
+        tokens = self.layers.setdefault(layer_idx, [])
+        new = cache_position.shape[0]
+        if len(tokens) + new > self.window:
+            keep_recent = self.window - new - self.sinks
+            self.layers[layer_idx] = tokens[: self.sinks] + (tokens[-keep_recent:] if keep_recent > 0 else [])
+        return torch.tensor([t[3] for t in self.layers[layer_idx]] + cache_position.tolist())
+
+    def update(self, key, value, layer_idx):
+        tokens = self.layers[layer_idx]
+        start_slot = len(tokens)
+        for i in range(key.shape[2]):
+            tokens.append((start_slot + i, key[:, :, i : i + 1], value[:, :, i : i + 1], self.seen + i))
+        if layer_idx == len(self.layers) - 1:
+            self.seen += key.shape[2]
+        keys = torch.cat([rotate(k, slot - used, self.inv_freq) for slot, (used, k, _, _) in enumerate(tokens)], dim=2)
+        values = torch.cat([v for _, _, v, _ in tokens], dim=2)
+        return keys, values
+
+
+def test_sink_cache_matches_the_streaming_llm_reference():
+    model = tiny_llama()
+    inv_freq = model.model.rotary_emb.inv_freq
+    window, sinks = 10, 2
+    ids = prompt(6)
+    reference = ReferenceSinkCache(window, sinks, inv_freq)
+    tokens = ids
+    step_ids = ids
+    for _ in range(16):
+        new = step_ids.shape[1]
+        kept = reference.kept()
+        slot = kept if kept + new <= window else window - new
+        positions = torch.arange(slot, slot + new)[None]
+        cache_position = torch.arange(reference.seen, reference.seen + new)
+        logits = model(step_ids, past_key_values=reference, position_ids=positions, cache_position=cache_position).logits
+        step_ids = logits[:, -1:].argmax(-1)
+        tokens = torch.cat([tokens, step_ids], dim=1)
+    got = model.generate(
+        ids, max_new_tokens=16, eos_token_id=None, cache_implementation="sink",
+        cache_config={"window_length": window, "num_sink_tokens": sinks},
+    )
+    assert torch.equal(got, tokens)
+    assert not torch.equal(got, model.generate(ids, max_new_tokens=16, eos_token_id=None))  # attention did change
+
+
+def test_sink_cache_needs_its_settings():
+    with pytest.raises(GenerationError, match="window_length"):
+        tiny_llama().generate(prompt(3), max_new_tokens=2, cache_implementation="sink")
+
+
+# -- quantized cache -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("nbits, tolerance", [(8, 0.01), (4, 0.15)])
+def test_quantize_round_trip(nbits, tolerance):
+    x = torch.randn(2, 3, 5, 32)
+    codes, scale, offset = quantize(x, nbits, 16)
+    assert codes.dtype == torch.uint8 and codes.shape[-1] == (32 if nbits == 8 else 16)
+    restored = dequantize(codes, scale, offset, nbits, x.dtype)
+    span = (x.amax() - x.amin()).item()
+    assert (restored - x).abs().max().item() <= tolerance * span
+
+
+@pytest.mark.parametrize("nbits", [8, 4])
+def test_quantized_cache_stays_close_to_the_dynamic_cache(nbits):
+    model = tiny_llama()
+    ids = prompt(12)
+    cache = QuantizedCache(nbits=nbits, residual_length=4, q_group_size=8)
+    dynamic = DynamicCache()
+    quantized_logits = model(ids, past_key_values=cache, use_cache=True).logits
+    dynamic_logits = model(ids, past_key_values=dynamic, use_cache=True).logits
+    torch.testing.assert_close(quantized_logits, dynamic_logits)  # the prompt step attends to unquantized keys
+    step = prompt(1, seed=5)
+    later_quantized = model(step, past_key_values=cache, use_cache=True).logits
+    later_dynamic = model(step, past_key_values=dynamic, use_cache=True).logits
+    assert cache.quantized_length(0) == 12 and cache.get_seq_length() == 13
+    difference = (later_quantized - later_dynamic).abs().max().item()
+    assert 0 < difference < (0.05 if nbits == 8 else 0.3)
+    out = model.generate(ids, max_new_tokens=10, cache_implementation="quantized", cache_config={"nbits": nbits, "residual_length": 4, "q_group_size": 8})
+    assert out.shape == (1, 22)
+
+
+# -- other caches ---------------------------------------------------------------------------------------
+def test_offloaded_cache_keeps_layers_on_the_offload_device():
+    model = tiny_llama()
+    cache = OffloadedCache(offload_device="cpu")
+    out = model.generate(prompt(5), max_new_tokens=6, eos_token_id=None, past_key_values=cache)
+    assert torch.equal(out, model.generate(prompt(5), max_new_tokens=6, eos_token_id=None))
+    assert all(keys.device.type == "cpu" for keys, _ in cache)
+
+
+def test_encoder_decoder_cache_computes_cross_attention_once():
+    cache = EncoderDecoderCache()
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return torch.ones(2, 1, 3, 4), torch.zeros(2, 1, 3, 4)
+
+    for _ in range(3):
+        key, _ = cache.cross_attention(0, compute)
+    assert len(calls) == 1 and key.shape == (2, 1, 3, 4)
+    cache.update(torch.randn(2, 1, 5, 4), torch.randn(2, 1, 5, 4), 0)
+    assert cache.get_seq_length() == 5
+    cache.reorder_cache(torch.tensor([1, 1]))
+    cache.crop(3)
+    assert cache.get_seq_length() == 3 and cache.cross_attention_cache.get_seq_length() == 3
