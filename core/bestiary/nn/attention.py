@@ -38,9 +38,12 @@ def build_attention_mask(
     over absolute positions (or None when nothing is padded).
     """
     q_len, kv_len = query_positions.shape[0], key_positions.shape[0]
-    no_padding = attention_mask is None or bool(attention_mask.all())
-    contiguous_keys = kv_len > 0 and int(key_positions[0]) == 0 and int(key_positions[-1]) == kv_len - 1
-    window_inactive = sliding_window is None or int(query_positions[-1]) < sliding_window
+    # The shortcut below reads tensor values on the host; under torch.compile that would break the
+    # graph, so compiled code always builds the (equivalent) explicit mask.
+    shortcut = not torch.compiler.is_compiling()
+    no_padding = shortcut and (attention_mask is None or bool(attention_mask.all()))
+    contiguous_keys = no_padding and kv_len > 0 and int(key_positions[0]) == 0 and int(key_positions[-1]) == kv_len - 1
+    window_inactive = sliding_window is None or (shortcut and int(query_positions[-1]) < sliding_window)
     if no_padding and contiguous_keys and window_inactive:
         if not causal:
             return AttentionMask(None, False)

@@ -157,8 +157,10 @@ class LlamaModel(LlamaPreTrainedModel):
 
     def layer_sliding_window(self, layer_idx: int) -> int | None:
         """The attention window of one layer (None: full attention)."""
-        window_of = getattr(self.config, "layer_sliding_window", None)
-        return window_of(layer_idx) if window_of else None
+        # Looked up on the class: a missing attribute on a pydantic instance raises inside
+        # pydantic's __getattr__, which torch.compile cannot trace.
+        window_of = getattr(type(self.config), "layer_sliding_window", None)
+        return window_of(self.config, layer_idx) if window_of else None
 
     def _layer_masks(
         self,
@@ -176,7 +178,10 @@ class LlamaModel(LlamaPreTrainedModel):
                 key_positions = cache.key_positions(layer_idx, cache_position)
             else:
                 key_positions = cache_position
-            signature = (window, key_positions.shape[0], int(key_positions[0]) if key_positions.numel() else 0)
+            # Under torch.compile the first position is not read (a host sync breaks the graph); caches whose
+            # layers differ in layout set per_layer_positions, so sharing by (window, length) stays exact.
+            first = int(key_positions[0]) if key_positions.numel() and not torch.compiler.is_compiling() else 0
+            signature = (window, key_positions.shape[0], first)
             if signature not in built or getattr(cache, "per_layer_positions", False):
                 built[signature] = build_attention_mask(
                     attention_mask, cache_position, key_positions, dtype, sliding_window=window
