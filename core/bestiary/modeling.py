@@ -462,8 +462,19 @@ class PreTrainedModel(nn.Module):
         written = self._write_shards(directory, shards)
         _remove_stale_weight_files(directory, written)
 
+    def _dense_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict with kept-quantized layers expanded back to dense ``weight`` tensors."""
+        state = self.state_dict()
+        for name, module in self.named_modules():
+            if hasattr(module, "dequantize_weight") and "qweight" in getattr(module, "_buffers", {}):
+                prefix = f"{name}." if name else ""
+                for key in ("qweight", "scales", "mins"):
+                    state.pop(prefix + key, None)
+                state[prefix + "weight"] = module.dequantize_weight(torch.float32)
+        return state
+
     def _state_dict_for_saving(self, state_dict: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
-        state = state_dict if state_dict is not None else self.state_dict()
+        state = state_dict if state_dict is not None else self._dense_state_dict()
         tied_targets = set(self._tied_pairs())
         seen: dict[tuple, str] = {}
         tensors = {}

@@ -90,3 +90,36 @@ def test_convert_changes_dtype_and_reshards(tiny_llama, tmp_path):
     assert len(list(target.glob("model-*.safetensors"))) > 1
     converted = transformers.LlamaForCausalLM.from_pretrained(target)
     assert converted.dtype == torch.float16
+
+
+@pytest.fixture(scope="module")
+def tiny_swin_classifier(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-swin")
+    torch.manual_seed(0)
+    config = transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2],
+                                     window_size=2, num_labels=3)
+    transformers.SwinForImageClassification(config).save_pretrained(folder)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def test_run_prints_json_and_writes_an_overlay(tiny_swin_classifier, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(image)
+    overlay = tmp_path / "overlay.png"
+    result = bestiary("run", "image-classification", "--model", str(tiny_swin_classifier), str(image),
+                      "--option", "top_k=2", "--overlay", str(overlay))
+    assert result.returncode == 0, result.stderr
+    predictions = json.loads(result.stdout)
+    assert len(predictions) == 2 and {"label", "score"} <= set(predictions[0])
+    reference = transformers.pipeline("image-classification", model=str(tiny_swin_classifier))(str(image), top_k=2)
+    assert [p["label"] for p in predictions] == [p["label"] for p in reference]
+    assert abs(predictions[0]["score"] - reference[0]["score"]) < 1e-4
+    assert Image.open(overlay).size == (40, 30)
+
+
+def test_run_fails_cleanly_on_a_missing_model(tmp_path):
+    result = bestiary("run", "image-classification", "--model", str(tmp_path / "nope"), "x.png")
+    assert result.returncode == 1 and result.stderr.startswith("bestiary run: error:")
