@@ -8,9 +8,10 @@ if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then
     fi
 fi
 bash scripts/setup.sh requirements/test.txt
-export BESTIARY_STRICT_PLUGINS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# Two workers, one thread each: tiny test models run faster single-threaded, and CI has two cores.
+export BESTIARY_STRICT_PLUGINS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
 set +e
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=25 "$@"
 status=$?
 set -e
 if [ "$status" = "5" ]; then
