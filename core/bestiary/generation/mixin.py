@@ -18,8 +18,10 @@ position_ids, cache_position, is_first_step, use_cache, **model_kwargs)``
     ``generate()``. The default passes everything through, drops the inputs
     named in ``_prefill_only_generation_inputs`` (``pixel_values``,
     ``inputs_embeds``, ...) after the first step, and renames inputs for
-    encoder-decoder models (``decoder_input_ids``,
-    ``decoder_attention_mask``, ``encoder_outputs``). A VLM with 3D rotary
+    encoder-decoder models: the decoder tokens and mask become
+    ``decoder_input_ids`` / ``decoder_attention_mask``, the encoder's padding
+    mask (kept as ``encoder_attention_mask`` in ``model_kwargs``) becomes
+    ``attention_mask``, and ``encoder_outputs`` passes through. A VLM with 3D rotary
     positions (Qwen2-VL) overrides it to compute its position ids on the first
     step and to offset later ones by a stored delta.
 
@@ -165,6 +167,8 @@ class GenerationMixin:
         for key, value in model_kwargs.items():
             if key in self._prefill_only_generation_inputs and not is_first_step:
                 continue
+            if key == "encoder_attention_mask" and is_encoder_decoder:
+                key = "attention_mask"  # the encoder's padding mask, for cross-attention
             inputs[key] = value
         embeds = inputs.pop("inputs_embeds", None)
         if embeds is not None and not is_encoder_decoder:

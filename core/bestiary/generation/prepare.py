@@ -92,7 +92,8 @@ def split_kwargs(model: Any, kwargs: dict[str, Any]) -> tuple[dict[str, Any], di
     settings = {k: v for k, v in kwargs.items() if k in fields}
     model_kwargs = {k: v for k, v in kwargs.items() if k not in fields}
     accepted = _explicit_parameters(model.forward) | _explicit_parameters(model.prepare_inputs_for_generation)
-    accepted |= {"input_ids", "inputs_embeds", "attention_mask", "encoder_outputs", "decoder_input_ids", *_CACHE_ARGUMENTS}
+    accepted |= {"input_ids", "inputs_embeds", "attention_mask", "encoder_outputs", "decoder_input_ids", "decoder_attention_mask"}
+    accepted |= {*_CACHE_ARGUMENTS, getattr(model, "main_input_name", "input_ids")}
     accepted |= set(getattr(model, "_extra_generation_inputs", ()))
     unknown = [name for name in model_kwargs if name not in accepted]
     if unknown:
@@ -151,7 +152,8 @@ def prepare_generation(
     cache = _user_cache(model_kwargs)
     is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     if is_encoder_decoder:
-        input_ids, attention_mask, placeholder, encoder_outputs = _encoder_decoder_inputs(model, inputs, config, model_kwargs)
+        input_ids, attention_mask, encoder_outputs, model_kwargs = _encoder_decoder_inputs(model, inputs, config, model_kwargs)
+        placeholder = 0
     else:
         input_ids, attention_mask, placeholder = _decoder_only_inputs(model, inputs, config, model_kwargs)
         encoder_outputs = None
@@ -308,7 +310,7 @@ def _infer_attention_mask(input_ids: torch.Tensor, config: GenerationConfig) -> 
 
 def _encoder_decoder_inputs(
     model: Any, inputs: torch.Tensor | None, config: GenerationConfig, model_kwargs: dict[str, Any]
-) -> tuple[torch.Tensor, torch.Tensor | None, int, Any]:
+) -> tuple[torch.Tensor, torch.Tensor | None, Any, dict[str, Any]]:
     main_name = getattr(model, "main_input_name", "input_ids")
     encoder_inputs = model_kwargs.pop(main_name, None)
     if inputs is not None and encoder_inputs is not None:
@@ -319,6 +321,8 @@ def _encoder_decoder_inputs(
             raise GenerationError(f"An encoder-decoder model needs its encoder input ({main_name}=) or encoder_outputs=.")
         model_kwargs = model._prepare_encoder_outputs(encoder_inputs, model_kwargs, config)
     encoder_outputs = model_kwargs["encoder_outputs"]
+    # the runner's attention_mask is the decoder's; the encoder's travels under its own name
+    model_kwargs["encoder_attention_mask"] = model_kwargs.pop("attention_mask", None)
     decoder_input_ids = model_kwargs.pop("decoder_input_ids", None)
     batch = _batch_of(encoder_outputs, encoder_inputs)
     if decoder_input_ids is None:
@@ -331,7 +335,7 @@ def _encoder_decoder_inputs(
     for name in list(model_kwargs):
         if name.startswith("decoder_"):
             model_kwargs[name.removeprefix("decoder_")] = model_kwargs.pop(name)
-    return decoder_input_ids.long(), decoder_mask, 0, encoder_outputs
+    return decoder_input_ids.long(), decoder_mask, encoder_outputs, model_kwargs
 
 
 def _batch_of(encoder_outputs: Any, encoder_inputs: torch.Tensor | None) -> int:
