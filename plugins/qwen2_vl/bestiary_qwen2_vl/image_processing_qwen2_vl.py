@@ -136,6 +136,19 @@ class Qwen2VLImageProcessor(ImageProcessor):
     def _fold_pixel_limits(cls, data: Any) -> Any:
         return fold_pixel_limits(data)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: Any = None, **overrides: Any) -> "Qwen2VLImageProcessor":
+        """Build from a settings dict; ``min_pixels`` / ``max_pixels`` overrides update ``size``."""
+        if "min_pixels" in overrides or "max_pixels" in overrides:
+            data = fold_pixel_limits(dict(data))
+            size = dict(overrides.pop("size", None) or data.get("size") or cls.model_fields["size"].default)
+            for key, edge in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")):
+                value = overrides.pop(key, None)
+                if value is not None:
+                    size[edge] = int(value)
+            overrides["size"] = size
+        return super().from_dict(data, source=source, **overrides)
+
     def check_settings(self) -> None:
         """Raise :class:`ProcessingError` when patch settings or pixel limits are unusable."""
         super().check_settings()

@@ -267,3 +267,18 @@ def test_config_errors_name_the_field():
             vision_config={"hidden_size": 64, "embed_dim": 16, "num_heads": 2, "depth": 1},
             image_token_id=1, video_token_id=2,
         ))
+
+
+def test_back_to_back_images_are_split_by_their_grids(models, processors):
+    _, ours = models
+    images = [photo("chelsea"), photo("coffee", (60, 120))]
+    inputs = processors[1](images=images, text=["A<|image_pad|><|image_pad|>B"], return_tensors="pt")
+    positions, _ = ours.model.get_rope_index(inputs["input_ids"], image_grid_thw=inputs["image_grid_thw"])
+    first, second = (inputs["image_grid_thw"].prod(-1) // 4).tolist()
+    first_block = positions[:, 0, 1 : 1 + first]
+    second_block = positions[:, 0, 1 + first : 1 + first + second]
+    assert second_block.min().item() == first_block.max().item() + 1  # the second image starts after the first
+    separate = processors[1](images=images[1:], text=["<|image_pad|>"], return_tensors="pt")
+    alone, _ = ours.model.get_rope_index(separate["input_ids"], image_grid_thw=separate["image_grid_thw"])
+    assert torch.equal(second_block - second_block.min(), alone[:, 0] - alone.min())
+    assert ours(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]

@@ -93,6 +93,9 @@ def test_processor_saves_what_transformers_saves_and_loads_it(processors, refere
     loaded = Qwen2VLProcessor.from_pretrained(tmp_path / "transformers")
     assert loaded.to_dict() == ours.to_dict() and loaded.chat_template == ours.chat_template
     assert isinstance(auto.AutoProcessor.from_pretrained(reference_checkpoint), Qwen2VLProcessor)
+    smaller = auto.AutoProcessor.from_pretrained(reference_checkpoint, max_pixels=28 * 28 * 8, padding_side="right")
+    assert smaller.image_processor.max_pixels == smaller.video_processor.max_pixels == 28 * 28 * 8
+    assert smaller.tokenizer.padding_side == "right"
 
 
 # -- the multimodal processor ---------------------------------------------------------------
