@@ -543,6 +543,8 @@ class Qwen2VLModel(Qwen2VLPreTrainedModel):
             )
             _record_deltas(cache, deltas)
             return positions, deltas
+        if start == 0:
+            _record_deltas(cache, None)  # a new sequence in this cache: forget the offsets of an earlier one
         if rope_deltas is None and start > 0 and cache is not None:
             rope_deltas = getattr(cache, "_bestiary_rope_deltas", None)
         text = torch.arange(start, start + length, device=inputs_embeds.device).expand(batch, -1)
@@ -618,7 +620,7 @@ class Qwen2VLModel(Qwen2VLPreTrainedModel):
         )
 
 
-def _record_deltas(cache: Cache | None, deltas: torch.Tensor) -> None:
+def _record_deltas(cache: Cache | None, deltas: torch.Tensor | None) -> None:
     """Remember a prompt's offsets on its cache, so a manual decoding loop can continue it (per sequence)."""
     if cache is None:
         return

@@ -282,3 +282,16 @@ def test_back_to_back_images_are_split_by_their_grids(models, processors):
     alone, _ = ours.model.get_rope_index(separate["input_ids"], image_grid_thw=separate["image_grid_thw"])
     assert torch.equal(second_block - second_block.min(), alone[:, 0] - alone.min())
     assert ours(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]
+
+
+def test_plugin_passes_the_conformance_kit(tmp_path):
+    from bestiary.testing import check_plugin
+
+    tiny = {
+        "text_config": {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1,
+                        "num_attention_heads": 4, "num_key_value_heads": 2,
+                        "rope_parameters": {"rope_type": "default", "mrope_section": [2, 1, 1]}},
+        "vision_config": {"depth": 1, "embed_dim": 16, "hidden_size": 32, "num_heads": 2},
+        "image_token_id": 60, "video_token_id": 61, "vision_start_token_id": 62, "vision_end_token_id": 63,
+    }
+    check_plugin("bestiary-qwen2-vl", tmp_path, tiny_configs={"qwen2_vl": tiny})

@@ -104,7 +104,7 @@ def test_chat_with_images_and_a_video_matches_transformers(processors):
     conversation = chat(
         {"type": "image", "image": photo("chelsea")},
         {"type": "text", "text": "Describe this image."},
-        {"type": "image", "image": np.asarray(photo("astronaut", (120, 90)))},
+        {"type": "image", "image": np.array(photo("astronaut", (120, 90)))},
         {"type": "video", "video": video(4)},
         {"type": "text", "text": "Compare them."},
     )
