@@ -2,7 +2,9 @@
 
 Two model families are served:
 
-- **sequence-to-sequence** models with ``generate()`` (Whisper). Audio up to
+- **sequence-to-sequence** models with ``generate()`` (Whisper). As in
+  transformers, generation uses 5 beams and up to 256 new tokens unless the
+  checkpoint's generation config (or the call) says otherwise. Audio up to
   one window (30 s) is transcribed in one pass; longer audio is transcribed
   window after window by the model itself, with timestamps continuing past
   30 s. ``return_timestamps=True`` returns the timed segments as ``chunks``.
@@ -20,7 +22,8 @@ Inputs: file paths, file bytes, ``{"array" | "raw", "sampling_rate"}`` or
 given to the call (a raw array without a sampling rate is an error, never
 a guess). Multi-channel audio is averaged to mono (logged); other sampling
 rates are resampled (logged). Each input gives ``{"text": ...}`` (plus
-``"chunks"`` with timestamps); a list of inputs gives a list.
+``"chunks"`` with timestamps); a list of inputs gives a list. Timestamps
+past the end of the audio (a model may predict them) are clipped to it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 _OWN_PARAMS = {"return_timestamps", "chunk_length_s", "stride_length_s", "sampling_rate", "generate_kwargs", "batch_size"}
 TIME_PRECISION = 0.02  # seconds per Whisper timestamp token
+# transformers' pipeline defaults for generation, used unless the checkpoint's generation config sets them
+DEFAULT_NUM_BEAMS = 5
+DEFAULT_MAX_NEW_TOKENS = 256
 
 
 @dataclass
@@ -269,7 +275,7 @@ class AutomaticSpeechRecognitionPipeline(Pipeline):
         else:
             features = self._features(waveforms, return_attention_mask=True)
         name = getattr(self.model, "main_input_name", "input_features")
-        kwargs = dict(options["generate_kwargs"])
+        kwargs = {**self._generation_defaults(options["generate_kwargs"]), **options["generate_kwargs"]}
         is_whisper = getattr(self.model.config, "model_type", "") == "whisper"
         if is_whisper:
             kwargs["return_segments"] = True
@@ -283,6 +289,21 @@ class AutomaticSpeechRecognitionPipeline(Pipeline):
                 "tokens": sequences[row].cpu(),
                 "segments": segments[row] if segments is not None else None,
             }
+
+    def _generation_defaults(self, requested: dict[str, Any]) -> dict[str, Any]:
+        """transformers' pipeline defaults (beam search with 5 beams, 256 new tokens) unless the checkpoint sets them."""
+        config = getattr(self.model, "generation_config", None)
+        explicit = set(config.explicit_settings()) if hasattr(config, "explicit_settings") else set()
+        defaults: dict[str, Any] = {}
+        if "num_beams" not in explicit and "num_beams" not in requested:
+            defaults["num_beams"] = DEFAULT_NUM_BEAMS
+        if "max_new_tokens" not in explicit and not {"max_new_tokens", "max_length"} & set(requested):
+            limit = getattr(self.model.config, "max_target_positions", None)
+            tokens = DEFAULT_MAX_NEW_TOKENS
+            if limit is not None and tokens + 8 > limit:
+                tokens = limit // 2
+            defaults["max_new_tokens"] = tokens
+        return defaults
 
     def _timestamp_begin(self) -> int | None:
         begin = getattr(self.tokenizer, "timestamp_begin", None)
@@ -301,10 +322,11 @@ class AutomaticSpeechRecognitionPipeline(Pipeline):
             tokens = _strip_right_padding(output["tokens"].tolist(), pad)
             result: dict[str, Any] = {"text": self._text(tokens)}
             if options["return_timestamps"]:
+                end = round(duration, 2)
                 result["chunks"] = [
                     {
                         "text": self._text(segment["tokens"]),
-                        "timestamp": (round(float(segment["start"]), 2), round(float(segment["end"]), 2)),
+                        "timestamp": (min(round(float(segment["start"]), 2), end), min(round(float(segment["end"]), 2), end)),
                     }
                     for segment in output["segments"] or []
                 ]
@@ -321,7 +343,7 @@ class AutomaticSpeechRecognitionPipeline(Pipeline):
             items: list[int | float] = []
             for token in _strip_right_padding(piece.output["tokens"].tolist(), pad):
                 if begin is not None and token >= begin:
-                    items.append(round(offset + (token - begin) * TIME_PRECISION, 2))
+                    items.append(min(round(offset + (token - begin) * TIME_PRECISION, 2), round(duration, 2)))
                 else:
                     items.append(int(token))
             merged = merge_overlapping(merged, items) if merged else items
@@ -380,6 +402,7 @@ def segments_from_items(items: list[Any], end_of_audio: float) -> list[tuple[flo
     text: list[int] = []
     for item in items:
         if isinstance(item, float):
+            item = max(item, last_time)  # stitched chunks may disagree on times; keep them in order
             if text:
                 begin = start if start is not None else last_time
                 segments.append((begin, max(item, begin), text))

@@ -99,7 +99,15 @@ def reference_config(ids: dict[str, int], **overrides) -> "transformers.WhisperC
 
 def generation_config(ids: dict[str, int], config) -> "transformers.GenerationConfig":
     """The generation settings of a real multilingual checkpoint, for this vocabulary."""
-    settings = transformers.GenerationConfig.from_model_config(config)
+    eot = ids["<|endoftext|>"]
+    settings = transformers.GenerationConfig(
+        decoder_start_token_id=config.decoder_start_token_id,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        begin_suppress_tokens=list(config.begin_suppress_tokens),
+        suppress_tokens=list(config.suppress_tokens),
+    )
     settings.lang_to_id = {f"<|{code}|>": ids[f"<|{code}|>"] for code in LANGUAGE_CODES}
     settings.task_to_id = {"translate": ids["<|translate|>"], "transcribe": ids["<|transcribe|>"]}
     settings.no_timestamps_token_id = ids["<|notimestamps|>"]
