@@ -33,7 +33,9 @@ from bestiary.errors import ProcessingError
 from bestiary.pipelines.base import Pipeline
 
 _PREPROCESS = {"continue_final_message", "processor_kwargs", "tools", "documents"}
-_POSTPROCESS = {"return_full_text", "return_tensors", "skip_special_tokens", "clean_up_tokenization_spaces", "continue_final_message"}
+_POSTPROCESS = {
+    "return_full_text", "return_tensors", "skip_special_tokens", "clean_up_tokenization_spaces", "continue_final_message"
+}
 _FORWARD_RESERVED = {"generate_kwargs", "stop_sequence"}
 
 

@@ -102,7 +102,8 @@ class Qwen2VLVisionConfig(Config):
         params.setdefault("rope_type", "axial")
         if params["rope_type"] != "axial":
             raise ConfigError(
-                f"vision_config.rope_parameters.rope_type must be 'axial' (2D rotary positions), got {params['rope_type']!r}."
+                "vision_config.rope_parameters.rope_type must be 'axial' (2D rotary positions), "
+                f"got {params['rope_type']!r}."
             )
         self.__dict__["rope_parameters"] = params
         for name in ("depth", "embed_dim", "hidden_size", "num_heads", "patch_size", "spatial_merge_size",

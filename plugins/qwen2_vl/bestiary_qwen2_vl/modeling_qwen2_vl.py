@@ -309,7 +309,9 @@ class Qwen2VisionTransformerPretrainedModel(Qwen2VLPreTrainedModel):
 def _check_grids(grid_thw: Any, name: str, merge_size: int) -> torch.Tensor:
     grid = torch.as_tensor(grid_thw)
     if grid.dim() != 2 or grid.shape[-1] != 3:
-        raise ProcessingError(f"{name} must be [items, 3] (frames, rows, columns of patches), got shape {tuple(grid.shape)}.")
+        raise ProcessingError(
+            f"{name} must be [items, 3] (frames, rows, columns of patches), got shape {tuple(grid.shape)}."
+        )
     if bool((grid[:, 1:] % merge_size != 0).any()) or bool((grid <= 0).any()):
         raise ProcessingError(
             f"{name} {grid.tolist()} has rows or columns that are not positive multiples of spatial_merge_size "
@@ -693,11 +695,15 @@ class Qwen2VLForConditionalGeneration(Qwen2VLPreTrainedModel, GenerationMixin):
         """The decoder (``model.language_model``)."""
         return self.model.language_model
 
-    def get_image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None, **kwargs: Any):
+    def get_image_features(
+        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None, **kwargs: Any
+    ):
         """See :meth:`Qwen2VLModel.get_image_features`."""
         return self.model.get_image_features(pixel_values, image_grid_thw)
 
-    def get_video_features(self, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor | None = None, **kwargs: Any):
+    def get_video_features(
+        self, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor | None = None, **kwargs: Any
+    ):
         """See :meth:`Qwen2VLModel.get_video_features`."""
         return self.model.get_video_features(pixel_values_videos, video_grid_thw)
 

@@ -39,7 +39,9 @@ DEFAULT_IMAGE_TOKEN = "<|image_pad|>"
 DEFAULT_VIDEO_TOKEN = "<|video_pad|>"
 _TOKENIZER_CALL_ARGS = frozenset(inspect.signature(Tokenizer.__call__).parameters) - {"self", "text", "text_pair"}
 _HUB_KEYS = ("revision", "cache_dir", "local_files_only", "token", "subfolder")
-_CALL_ARGS = _TOKENIZER_CALL_ARGS | {"return_mm_token_type_ids", "images_kwargs", "videos_kwargs", "text_kwargs", "video_fps"}
+_CALL_ARGS = _TOKENIZER_CALL_ARGS | {
+    "return_mm_token_type_ids", "images_kwargs", "videos_kwargs", "text_kwargs", "video_fps"
+}
 _CONTENT_KEYS = {"image": ("image", "url", "path", "base64"), "video": ("video", "url", "path")}
 
 
