@@ -50,6 +50,10 @@ logger = logging.getLogger(__name__)
 
 TIME_PRECISION = 0.02  # seconds per timestamp token
 FEATURE_TIME_PRECISION = 0.01  # seconds per mel frame
+# transformers' Whisper options bestiary does not implement (yet).
+_NOT_SUPPORTED = frozenset(
+    {"return_token_timestamps", "compression_ratio_threshold", "logprob_threshold", "no_speech_threshold"}
+)
 # Settings of one generate() call that only make sense for the whole audio, not for one window.
 _WHISPER_ONLY = ("language", "task", "return_timestamps", "is_multilingual", "condition_on_prev_tokens")
 
@@ -494,6 +498,15 @@ class WhisperGenerationMixin(GenerationMixin):
                     f"generation_config must be a GenerationConfig, got {type(generation_config).__name__}."
                 )
             layers.update(generation_config.explicit_settings())
+        not_yet = sorted(set(kwargs) & _NOT_SUPPORTED)
+        if isinstance(kwargs.get("temperature"), (list, tuple)):
+            not_yet.append("temperature (a list: temperature fallback)")
+        if not_yet:
+            raise GenerationError(
+                f"Whisper's generate() in bestiary does not support {', '.join(not_yet)} yet (word-level timestamps "
+                "from cross-attention and temperature fallback). Remove these arguments; segment timestamps come "
+                "with return_timestamps=True."
+            )
         settings = {key: kwargs.pop(key) for key in list(kwargs) if key in GenerationConfig.model_fields}
         if kwargs:
             raise GenerationError(

@@ -152,5 +152,9 @@ def test_clear_errors(models, whisper_checkpoint):
         ours.generate(long.input_features, return_timestamps=True)
     with pytest.raises(GenerationError, match="unknown arguments"):
         ours.generate(short, languag="en")
+    with pytest.raises(GenerationError, match="word-level timestamps"):
+        ours.generate(short, return_token_timestamps=True)
+    with pytest.raises(GenerationError, match="temperature fallback"):
+        ours.generate(short, temperature=(0.0, 0.2, 0.4))
     with pytest.raises(GenerationError, match="max_target_positions"):
         ours.generate(short, language="en", max_new_tokens=500)
