@@ -28,6 +28,7 @@ past the end of the audio (a model may predict them) are clipped to it.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from dataclasses import dataclass, field
@@ -223,6 +224,8 @@ class AutomaticSpeechRecognitionPipeline(Pipeline):
         return [group[i : i + batch_size] for group in (short, long) for i in range(0, len(group), batch_size)]
 
     def _features(self, waveforms: list[np.ndarray], **kwargs: Any) -> dict[str, torch.Tensor]:
+        if "device" in inspect.signature(self.feature_extractor.__call__).parameters:
+            kwargs["device"] = self.device  # spectrograms are computed where the model runs
         features = self.feature_extractor(waveforms, sampling_rate=self.sampling_rate, return_tensors="pt", **kwargs)
         dtype = getattr(self.model, "dtype", None)
         moved = {}
