@@ -262,3 +262,13 @@ def test_encoder_decoder_cache_computes_cross_attention_once():
     cache.reorder_cache(torch.tensor([1, 1]))
     cache.crop(3)
     assert cache.get_seq_length() == 3 and cache.cross_attention_cache.get_seq_length() == 3
+
+
+def test_chunked_prefill_gives_the_same_tokens():
+    model = tiny_llama()
+    ids, mask = batch()
+    hook = CountingHook(model)
+    got = model.generate(ids, attention_mask=mask, max_new_tokens=6, eos_token_id=None, prefill_chunk_size=4)
+    hook.handle.remove()
+    assert hook.lengths[:3] == [4, 4, 1] and hook.lengths[3:] == [1] * 5  # 9 prompt tokens in pieces of 4
+    assert torch.equal(got, model.generate(ids, attention_mask=mask, max_new_tokens=6, eos_token_id=None))

@@ -407,3 +407,10 @@ def test_prefill_only_inputs_and_state_hooks():
     model = ImageLM(tiny_llama().config).eval()
     out = model.generate(prompt(4), max_new_tokens=5, pixel_values=torch.zeros(1, 3, 2, 2), eos_token_id=None)
     assert out.shape[1] == 9 and seen == [True, False, False, False, False] and _extra
+
+
+def test_assistant_confidence_threshold_keeps_greedy_output():
+    model, draft = tiny_llama(), tiny_llama(seed=7, num_hidden_layers=1)
+    ids = prompt(6)
+    got = model.generate(ids, max_new_tokens=12, assistant_model=draft, assistant_confidence_threshold=0.5)
+    assert torch.equal(got, model.generate(ids, max_new_tokens=12))

@@ -68,6 +68,7 @@ class DraftModelCandidates(CandidateGenerator):
         self.do_sample = config.do_sample
         self.num_tokens = config.num_assistant_tokens
         self.schedule = config.num_assistant_tokens_schedule
+        self.confidence = config.assistant_confidence_threshold
         self.cache = DynamicCache()
         self.previous: torch.LongTensor | None = None
         self._check_vocab(plan)
@@ -110,6 +111,8 @@ class DraftModelCandidates(CandidateGenerator):
             scores.append(processed)
             if self.eos is not None and bool(torch.isin(token, self.eos).any()):
                 break
+            if self.confidence and float(processed.softmax(dim=-1)[0, token[0]]) < self.confidence:
+                break  # the draft is unsure: let the model verify what we have
         self.previous = runner.input_ids
         return torch.stack(tokens, dim=1), torch.stack(scores, dim=1)
 
@@ -134,6 +137,7 @@ class UniversalDraftCandidates(DraftModelCandidates):
         self.do_sample = False  # drafts are verified by agreement, so draw them greedily
         self.processors = None
         self.eos = None
+        self.confidence = None
 
     def _check_vocab(self, plan: GenerationPlan) -> None:
         """Vocabularies may differ here."""

@@ -160,14 +160,14 @@ class GenerationConfig(BaseModel):
     eos_token_id: int | list[int] | None = None
     decoder_start_token_id: int | list[int] | None = None
     # -- assisted decoding ---------------------------------------------------
-    is_assistant: bool = False
+    is_assistant: bool = Field(False, description="Accepted for compatibility with transformers' files; unused.")
     num_assistant_tokens: int = Field(20, ge=1)
     num_assistant_tokens_schedule: Literal["constant", "heuristic", "heuristic_transient"] = "constant"
     assistant_confidence_threshold: float | None = Field(None, ge=0.0, lt=1.0)
     prompt_lookup_num_tokens: int | None = Field(None, ge=1)
     max_matching_ngram_size: int = Field(2, ge=1)
-    assistant_lookbehind: int = Field(10, ge=1)
-    target_lookbehind: int = Field(10, ge=1)
+    assistant_lookbehind: int = Field(10, ge=1, description="Accepted for compatibility; universal assisted decoding re-encodes the whole text.")
+    target_lookbehind: int = Field(10, ge=1, description="Accepted for compatibility; universal assisted decoding re-encodes the whole text.")
 
     # -- validation ----------------------------------------------------------
     def __init__(self, **data: Any) -> None:
@@ -432,6 +432,8 @@ class GenerationConfig(BaseModel):
 
     def __repr__(self) -> str:
         return f"GenerationConfig {self.to_json_string()}"
+
+    __str__ = __repr__
 
 
 def _as_id_set(value: int | list[int] | None) -> set[int]:

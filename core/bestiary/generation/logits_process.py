@@ -189,6 +189,52 @@ class RepetitionPenaltyLogitsProcessor(LogitsProcessor):
         return padded[:, :vocab]
 
 
+class EncoderRepetitionPenaltyLogitsProcessor(LogitsProcessor):
+    """Make tokens of the encoder input (or of the prompt, for decoder-only models) *more* likely: the inverse of repetition_penalty."""
+
+    def __init__(self, penalty: float, encoder_input_ids: torch.LongTensor) -> None:
+        if not penalty > 0:
+            raise GenerationError(f"encoder_repetition_penalty must be > 0, got {penalty}.")
+        self.penalty = 1.0 / float(penalty)
+        self.encoder_input_ids = encoder_input_ids
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        ids = self.encoder_input_ids.to(scores.device)
+        if scores.shape[0] > ids.shape[0]:
+            ids = ids.repeat_interleave(scores.shape[0] // ids.shape[0], dim=0)
+        chosen = scores.gather(1, ids)
+        chosen = torch.where(chosen < 0, chosen * self.penalty, chosen / self.penalty)
+        return scores.scatter(1, ids, chosen)
+
+
+class EncoderNoRepeatNGramLogitsProcessor(LogitsProcessor):
+    """Forbid tokens that would repeat an n-gram of the encoder input (or prompt) of the same row."""
+
+    def __init__(self, ngram_size: int, encoder_input_ids: torch.LongTensor) -> None:
+        if ngram_size <= 0:
+            raise GenerationError(f"encoder_no_repeat_ngram_size must be a positive integer, got {ngram_size}.")
+        self.ngram_size = int(ngram_size)
+        self.followers: list[dict[tuple[int, ...], set[int]]] = []
+        for row in encoder_input_ids.tolist():
+            table: dict[tuple[int, ...], set[int]] = {}
+            for i in range(len(row) - self.ngram_size + 1):
+                table.setdefault(tuple(row[i : i + self.ngram_size - 1]), set()).add(row[i + self.ngram_size - 1])
+            self.followers.append(table)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        per_row = scores.shape[0] // len(self.followers)
+        length = input_ids.shape[1]
+        if length + 1 < self.ngram_size:
+            return scores
+        scores = scores.clone()
+        for hypothesis, tokens in enumerate(input_ids.tolist()):
+            prefix = tuple(tokens[length - self.ngram_size + 1 :]) if self.ngram_size > 1 else ()
+            banned = self.followers[hypothesis // per_row].get(prefix)
+            if banned:
+                scores[hypothesis, list(banned)] = NEG_INF
+        return scores
+
+
 class NoRepeatNGramLogitsProcessor(LogitsProcessor):
     """Forbid any token that would repeat an n-gram of size ``ngram_size`` already in the sequence."""
 
@@ -400,6 +446,7 @@ def build_logits_processors(
     device: torch.device,
     custom: Sequence[LogitsProcessor] | None = None,
     prefix_allowed_tokens_fn=None,
+    encoder_input_ids: torch.LongTensor | None = None,
 ) -> LogitsProcessorList:
     """The processors ``config`` asks for, in transformers' order, with ``custom`` ones merged in.
 
@@ -411,10 +458,19 @@ def build_logits_processors(
     built: list[LogitsProcessor] = []
     if config.sequence_bias:
         built.append(SequenceBiasLogitsProcessor(config.sequence_bias))
+    usable_encoder_ids = encoder_input_ids is not None and encoder_input_ids.dim() == 2 and not bool((encoder_input_ids < 0).any())
+    if config.encoder_repetition_penalty != 1.0:
+        if not usable_encoder_ids:
+            raise GenerationError("encoder_repetition_penalty needs token ids as the (encoder) input; it cannot use embeddings.")
+        built.append(EncoderRepetitionPenaltyLogitsProcessor(config.encoder_repetition_penalty, encoder_input_ids))
     if config.repetition_penalty != 1.0:
         built.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty, padding_lengths))
     if config.no_repeat_ngram_size > 0:
         built.append(NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
+    if config.encoder_no_repeat_ngram_size > 0:
+        if not usable_encoder_ids:
+            raise GenerationError("encoder_no_repeat_ngram_size needs token ids as the (encoder) input; it cannot use embeddings.")
+        built.append(EncoderNoRepeatNGramLogitsProcessor(config.encoder_no_repeat_ngram_size, encoder_input_ids))
     if config.bad_words_ids:
         built.append(NoBadWordsLogitsProcessor(config.bad_words_ids, eos))
     if config.min_length > 0 and eos:
@@ -473,6 +529,8 @@ def _merge(built: list[LogitsProcessor], custom: list[LogitsProcessor]) -> Logit
 
 
 __all__ = [
+    "EncoderNoRepeatNGramLogitsProcessor",
+    "EncoderRepetitionPenaltyLogitsProcessor",
     "EpsilonLogitsWarper",
     "EtaLogitsWarper",
     "ForcedBOSTokenLogitsProcessor",

@@ -158,6 +158,7 @@ def prepare_generation(
         input_ids, attention_mask, placeholder = _decoder_only_inputs(model, inputs, config, model_kwargs)
         encoder_outputs = None
     batch_size, prompt_length = input_ids.shape
+    encoder_input_ids = _encoder_input_ids(model, inputs, input_ids, is_encoder_decoder, placeholder)
 
     expand = max(config.num_beams, config.num_return_sequences)
     if expand > 1:
@@ -208,6 +209,7 @@ def prepare_generation(
         device=input_ids.device,
         custom=logits_processor,
         prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+        encoder_input_ids=encoder_input_ids,
     )
     criteria = build_stopping_criteria(config, max_length=max_length, tokenizer=tokenizer, custom=stopping_criteria)
     runner = ModelRunner(
@@ -219,6 +221,7 @@ def prepare_generation(
         model_kwargs=model_kwargs,
         compile_step=compile_step,
         compile_options=config.compile_config,
+        prefill_chunk_size=config.prefill_chunk_size,
     )
     return GenerationPlan(
         model=model,
@@ -239,6 +242,17 @@ def prepare_generation(
         assistant_tokenizer=assistant_tokenizer,
         user_cache=user_cache,
     )
+
+
+def _encoder_input_ids(
+    model: Any, inputs: torch.Tensor | None, input_ids: torch.Tensor, is_encoder_decoder: bool, placeholder: int
+) -> torch.Tensor | None:
+    """Token ids the encoder_* processors read: the encoder input, or the prompt of a decoder-only model."""
+    if is_encoder_decoder:
+        if isinstance(inputs, torch.Tensor) and inputs.dim() == 2 and not inputs.is_floating_point():
+            return inputs
+        return None
+    return None if placeholder else input_ids
 
 
 def _user_cache(model_kwargs: dict[str, Any]) -> Cache | None:

@@ -50,6 +50,7 @@ class ModelRunner:
         model_kwargs: dict[str, Any] | None = None,
         compile_step: bool = False,
         compile_options: dict[str, Any] | None = None,
+        prefill_chunk_size: int | None = None,
     ) -> None:
         rows, prompt_length = input_ids.shape
         if prompt_length > max_length:
@@ -73,6 +74,7 @@ class ModelRunner:
         self.first_step = True
         self.compile_step = compile_step
         self.compile_options = dict(compile_options or {})
+        self.prefill_chunk_size = prefill_chunk_size
         self._arange = torch.arange(max_length, device=device)
         padded = attention_mask is not None and not bool(attention_mask.all())
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
@@ -137,6 +139,14 @@ class ModelRunner:
             start, new_ids = self.processed, self.sequences[:, self.processed : self.length]
         if new_ids.shape[1] == 0:
             raise GenerationError("Nothing to feed the model: append tokens before calling step().")
+        chunk = self.prefill_chunk_size
+        if chunk and self.cache is not None and new_ids.shape[1] > max(chunk, logits_to_keep):
+            # long prompts in pieces: bounded activation memory; the last piece yields the logits
+            head = new_ids.shape[1] - max(logits_to_keep, 1)
+            for offset in range(0, head, chunk):
+                piece = new_ids[:, offset : min(offset + chunk, head)]
+                self.call(piece, start + offset)
+            start, new_ids = start + head, new_ids[:, head:]
         outputs = self.call(
             new_ids,
             start,

@@ -242,3 +242,10 @@ def test_sampling_warpers_match_transformers():
     ]
     for mine, reference in cases:
         torch.testing.assert_close(mine(input_ids, scores.clone()), reference(input_ids, scores.clone()), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("settings", [dict(encoder_repetition_penalty=1.6), dict(encoder_no_repeat_ngram_size=2)], ids=lambda s: ",".join(s))
+def test_prompt_based_processors(pairs, settings):
+    prompt_ids = torch.cat([ids(1, 5), ids(1, 5)], dim=1)
+    expected, got = both(pairs["llama"], prompt_ids, max_new_tokens=12, do_sample=False, **settings)
+    assert torch.equal(expected, got)
