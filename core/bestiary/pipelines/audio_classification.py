@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from bestiary.errors import ProcessingError
+from bestiary.pipelines._scores import scores_from_logits, top_labels
 from bestiary.pipelines.base import Pipeline
 
 logger = logging.getLogger(__name__)
@@ -94,34 +95,12 @@ class AudioClassificationPipeline(Pipeline):
             inputs["attention_mask"] = batch["attention_mask"]
         return {"logits": self.model(**inputs).logits}
 
-    def _default_function(self) -> str:
-        config = self.model.config
-        problem = getattr(config, "problem_type", None)
-        if problem == "regression":
-            return "none"
-        if problem == "multi_label_classification" or config.num_labels == 1:
-            return "sigmoid"
-        return "softmax"
-
     def postprocess(
         self, output: dict[str, Any], top_k: int | None = DEFAULT_TOP_K, function_to_apply: str | None = None
     ) -> list[dict[str, Any]]:
         """The ``top_k`` best labels with their scores, best first."""
-        logits = output["logits"][0].float()
-        function = function_to_apply or self._default_function()
-        if function == "softmax":
-            scores = logits.softmax(dim=-1)
-        elif function == "sigmoid":
-            scores = torch.sigmoid(logits)
-        else:
-            scores = logits
-        id2label = self.model.config.id2label or {}
-        count = scores.shape[0] if top_k is None else min(int(top_k), scores.shape[0])
-        values, indices = scores.topk(count)
-        return [
-            {"label": id2label.get(int(index), f"LABEL_{int(index)}"), "score": float(value)}
-            for value, index in zip(values.tolist(), indices.tolist())
-        ]
+        scores = scores_from_logits(output["logits"][0], self.model.config, function_to_apply)
+        return top_labels(scores, self.model.config, top_k)
 
 
 __all__ = ["AudioClassificationPipeline"]

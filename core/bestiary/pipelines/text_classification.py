@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-import torch
 
 from bestiary.errors import ProcessingError
 from bestiary.pipelines._text_batching import TokenBatching
+from bestiary.pipelines._scores import scores_from_logits
 from bestiary.pipelines.base import Pipeline
 
 logger = logging.getLogger(__name__)
@@ -78,25 +78,9 @@ class TextClassificationPipeline(TokenBatching, Pipeline):
         """Run the classifier."""
         return {"logits": self.model(**self.model_inputs(batch)).logits, "_rows": batch["_rows"]}
 
-    def _default_function(self) -> str:
-        config = self.model.config
-        problem = getattr(config, "problem_type", None)
-        if problem == "regression":
-            return "none"
-        if problem == "multi_label_classification" or config.num_labels == 1:
-            return "sigmoid"
-        return "softmax"
-
     def postprocess(self, output: dict[str, Any], top_k: Any = _UNSET, function_to_apply: str | None = None) -> Any:
         """Labels with scores: the best one (legacy form), or the ``top_k`` best sorted by score."""
-        logits = output["logits"][0].float()
-        function = function_to_apply or self._default_function()
-        if function == "softmax":
-            scores = logits.softmax(dim=-1)
-        elif function == "sigmoid":
-            scores = torch.sigmoid(logits)
-        else:
-            scores = logits
+        scores = scores_from_logits(output["logits"][0], self.model.config, function_to_apply)
         id2label = self.model.config.id2label or {}
         labels = [id2label.get(i, f"LABEL_{i}") for i in range(scores.shape[0])]
         if top_k is _UNSET:
