@@ -78,12 +78,13 @@ def test_calls_in_a_row_with_different_images_equal_fresh_runs(models, processor
     assert torch.equal(generate(ours, text_only, max_new_tokens=6), fresh_text)
 
 
-def test_generation_without_cache_and_streaming_agree(models, processors):
+def test_generation_without_cache_chunked_and_streaming_agree(models, processors):
     _, ours = models
     inputs = encode(processors, CAT)
     inputs.pop("mm_token_type_ids")  # not needed by bestiary
     cached = generate(ours, inputs, max_new_tokens=6)
     assert torch.equal(cached, generate(ours, inputs, max_new_tokens=6, use_cache=False))
+    assert torch.equal(cached, generate(ours, inputs, max_new_tokens=6, prefill_chunk_size=7))  # chunks split the image
     with torch.no_grad():
         steps = [step.tokens for step in ours.generate_stream(**inputs, max_new_tokens=6, do_sample=False)]
     assert torch.cat(steps, dim=1).tolist() == cached[:, inputs["input_ids"].shape[1] :].tolist()
