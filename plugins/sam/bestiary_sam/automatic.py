@@ -344,18 +344,19 @@ class SamAutomaticMaskGenerator:
         starts = range(0, crop.points.shape[0], settings.points_per_batch)
         for start in starts:
             batch = self._run_batch(crop, start, settings)
-            first = sum(len(part) for part in scores)
-            for offset, (mask, box) in enumerate(zip(batch.masks, batch.boxes.tolist())):
-                pieces[first + offset] = _piece(mask, box)
-                origins.append((start, offset))
+            first = len(origins)
+            origins.extend((start, offset) for offset in range(len(batch)))
             boxes.append(batch.boxes.cpu())
             scores.append(batch.scores.cpu())
             stability.append(batch.stability_scores.cpu())
             points.append(batch.point_coords)
-            del batch
             alive = set(_nms(torch.cat(boxes), torch.cat(scores), settings.box_nms_thresh).tolist())
             for index in [index for index in pieces if index not in alive]:
                 del pieces[index]
+            for index in range(first, len(origins)):  # store only the new masks NMS keeps for now
+                if index in alive:
+                    pieces[index] = _piece(batch.masks[index - first], boxes[-1][index - first].tolist())
+            del batch
         if not origins:
             return _Kept.empty()
         all_boxes, all_scores = torch.cat(boxes), torch.cat(scores)

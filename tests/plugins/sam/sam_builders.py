@@ -57,13 +57,13 @@ def reference_config(**vision_overrides) -> "transformers.SamConfig":
     )
 
 
-def _perturb_everything(model: torch.nn.Module) -> None:
+def perturb_everything(model: torch.nn.Module) -> None:
     with torch.no_grad():
         for param in model.parameters():
             param.add_(torch.randn_like(param) * 0.2)
 
 
-def _confident_masks(model: torch.nn.Module) -> None:
+def confident_masks(model: torch.nn.Module) -> None:
     """Weights that give confident masks varying with the point (see the module docstring)."""
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -101,12 +101,12 @@ def build_checkpoint(folder: Path, perturb, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="session")
 def parity_checkpoint(tmp_path_factory) -> Path:
-    return build_checkpoint(tmp_path_factory.mktemp("sam_parity"), _perturb_everything)
+    return build_checkpoint(tmp_path_factory.mktemp("sam_parity"), perturb_everything)
 
 
 @pytest.fixture(scope="session")
 def amg_checkpoint(tmp_path_factory) -> Path:
-    return build_checkpoint(tmp_path_factory.mktemp("sam_amg"), _confident_masks, seed=2)
+    return build_checkpoint(tmp_path_factory.mktemp("sam_amg"), confident_masks, seed=2)
 
 
 @pytest.fixture(scope="session")

@@ -31,13 +31,19 @@ class PeakTensorMemory(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        self._sweep()
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor) and not leaf.is_meta:
                 storage = leaf.untyped_storage()
                 key, size = storage.data_ptr(), storage.nbytes()
-                if key and key not in self._live:
+                if not key:
+                    continue
+                if key in self._live and self._live[key][0].expired():  # freed, and its address reused
+                    self.current -= self._live.pop(key)[1]
+                if key not in self._live:
                     self._live[key] = (StorageWeakRef(storage), size)
                     self.current += size
-        self.peak = max(self.peak, self.current)
+        if self.current > self.peak:
+            # ``current`` may still count freed storages; sweep them out before calling it a new peak.
+            self._sweep()
+            self.peak = max(self.peak, self.current)
         return out
