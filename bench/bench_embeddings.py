@@ -17,6 +17,8 @@ two libraries round by round so that other load on the machine hits both:
   pooling="mean", normalize=True, batch_size=32)``; for transformers, its
   tokenizer and ``AutoModel`` in a loop over batches of 32 with the same
   pooling (its feature-extraction pipeline has no pooling).
+- query latency: the questions one at a time (batch 1), model forward and
+  pooling, as a retriever encodes incoming queries.
 
 Each figure is the best round (least disturbed by other processes); the
 median round is printed too. Outputs of the two libraries are compared so
@@ -96,6 +98,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=1, help="use the text set this many times per round")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--queries", type=int, default=50, help="questions timed one at a time")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     if args.threads:
@@ -155,6 +158,19 @@ def main() -> None:
     print(f"end-to-end outputs: max |bestiary - transformers| = {difference:.2e}")
     end_times = run_rounds({"bestiary": bestiary_end_to_end, "transformers": transformers_end_to_end}, args.rounds)
     results["end_to_end"] = report("end to end: texts in, normalised vectors out", end_times, len(texts))
+
+    queries = [reference_tokenizer(text, return_tensors="pt") for text in load_texts(1)[-args.queries :]]
+
+    def encode_queries(model: Any) -> None:
+        with torch.inference_mode():
+            for query in queries:
+                mean_pool_normalize(model(**query).last_hidden_state, query["attention_mask"])
+
+    query_times = run_rounds(
+        {"bestiary": lambda: encode_queries(ours_model), "transformers": lambda: encode_queries(reference_model)},
+        args.rounds,
+    )
+    results["query_latency"] = report("single queries (batch 1)", query_times, len(queries))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 

@@ -247,7 +247,7 @@ def test_question_answering_finds_the_span_in_a_later_window(qa_tokenizer):
     context = f"{filler} The zebra crossed the savanna near the lion herd. {filler}"
     qa = keyword_pipeline(qa_tokenizer, "zebra", "herd")
     windows = qa.preprocess({"question": "Which animals?", "context": context}, max_seq_len=64, doc_stride=16)
-    assert windows["input_ids"].shape[0] > 5  # the context really is cut into windows
+    assert len(windows["input_ids"]) > 5  # the context really is cut into windows
     answer = qa(question="Which animals?", context=context, max_seq_len=64, doc_stride=16)
     assert answer["answer"] == "zebra crossed the savanna near the lion herd"
     assert context[answer["start"] : answer["end"]] == answer["answer"]

@@ -2,14 +2,17 @@
 
 An item (one pipeline input) may produce several rows, for example the
 windows of a long question-answering context. ``preprocess`` returns each
-item's token tensors as [rows, length]; :meth:`TokenBatching.collate` pads
-them to the longest item and stacks every row, remembering how many rows
-each item has; :meth:`TokenBatching.split` uses that count to cut the model
-output back into items. Values that are not tensors travel as per-item lists.
+item's token ids (``input_ids``, ``attention_mask``, ``token_type_ids``) as a
+list of ints, a list of rows, or a [rows, length] tensor;
+:meth:`TokenBatching.collate` pads every row to the longest one and builds
+one tensor per key, remembering how many rows each item has;
+:meth:`TokenBatching.split` uses that count to cut the model output back
+into items. Other values travel as per-item lists.
 
-With a batch size above 1, :meth:`TokenBatching.iterate` groups inputs of
-similar length (it tokenizes everything first, sorts by length, batches, and
-returns results in the original order), so little time goes to padding.
+With a batch size above 1, :meth:`TokenBatching.iterate` tokenizes all
+inputs first (:meth:`TokenBatching.preprocess_many`, one tokenizer call where
+the pipeline allows it), groups inputs of similar length into batches, and
+returns results in the original order, so little time goes to padding.
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ class TokenBatching:
             yield from super().iterate(items, batch_size=batch_size, **params)  # type: ignore[misc]
             return
         pre, fwd, post = self.split_params(params)  # type: ignore[attr-defined]
-        prepared = [self.preprocess(item, **pre) for item in items]  # type: ignore[attr-defined]
-        order = sorted(range(len(items)), key=lambda i: prepared[i]["input_ids"].shape[-1])
+        prepared = self.preprocess_many(items, **pre)
+        order = sorted(range(len(items)), key=lambda i: max(map(len, token_rows(prepared[i]["input_ids"]))))
         chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         results: list[Any] = [None] * len(items)
         for chunk in self._progress(chunks, len(items), batch_size):  # type: ignore[attr-defined]
@@ -50,6 +53,10 @@ class TokenBatching:
             for index, item_output in zip(chunk, self.split(output, len(chunk))):
                 results[index] = self.postprocess(item_output, **post)  # type: ignore[attr-defined]
         yield from results
+
+    def preprocess_many(self, items: list[Any], **params: Any) -> list[dict[str, Any]]:
+        """Preprocess several inputs; pipelines override this to tokenize them in one call."""
+        return [self.preprocess(item, **params) for item in items]  # type: ignore[attr-defined]
 
     def _pad_value(self, key: str) -> int:
         if key == "input_ids":
@@ -65,15 +72,19 @@ class TokenBatching:
         return 0
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        """Pad every item's token tensors to the longest one and stack all rows; other values become lists."""
+        """Pad every row of token ids to the longest one and build one tensor per key; other values become lists."""
         side = getattr(self.tokenizer, "padding_side", "right")
-        length = max(item["input_ids"].shape[-1] for item in items)
-        batch: dict[str, Any] = {ROWS_KEY: [item["input_ids"].shape[0] for item in items]}
+        ids = [token_rows(item["input_ids"]) for item in items]
+        length = max(len(row) for rows in ids for row in rows)
+        batch: dict[str, Any] = {ROWS_KEY: [len(rows) for rows in ids]}
         for key in items[0]:
             values = [item[key] for item in items]
-            if all(isinstance(value, torch.Tensor) for value in values):
-                padded = [pad_to(value, length, self._pad_value(key), side) if value.dim() == 2 else value for value in values]
-                batch[key] = torch.cat(padded, dim=0)
+            if key in TOKEN_KEYS:
+                value = self._pad_value(key)
+                rows = [row for item_value in values for row in token_rows(item_value)]
+                filler = [[value] * (length - len(row)) for row in rows]
+                padded = [row + fill if side == "right" else fill + row for row, fill in zip(rows, filler)]
+                batch[key] = torch.tensor(padded, dtype=torch.long)
             else:
                 batch[key] = values
         return batch
@@ -104,19 +115,13 @@ class TokenBatching:
         return {key: batch[key] for key in TOKEN_KEYS if key in batch and key in accepted}
 
 
-def pad_to(tensor: torch.Tensor, length: int, value: int, side: str = "right") -> torch.Tensor:
-    """Pad a [rows, n] tensor with ``value`` to [rows, length] on ``side``."""
-    missing = length - tensor.shape[-1]
-    if missing <= 0:
-        return tensor
-    filler = tensor.new_full((tensor.shape[0], missing), value)
-    return torch.cat([tensor, filler] if side == "right" else [filler, tensor], dim=-1)
-
-
-def rows_to_tensor(rows: list[list[int]], value: int) -> torch.Tensor:
-    """Stack lists of ints of different lengths into a right-padded [rows, longest] long tensor."""
-    length = max((len(row) for row in rows), default=0)
-    return torch.tensor([list(row) + [value] * (length - len(row)) for row in rows], dtype=torch.long)
+def token_rows(value: Any) -> list[list[int]]:
+    """The rows of one item's token ids: a list of ints is one row; a list of lists or a 2-D tensor, several."""
+    if isinstance(value, torch.Tensor):
+        return value.reshape(-1, value.shape[-1]).tolist()
+    if value and isinstance(value[0], (list, tuple)):
+        return [list(row) for row in value]
+    return [list(value)]
 
 
 def _forward_parameters(model: Any) -> frozenset[str]:

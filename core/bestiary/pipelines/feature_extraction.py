@@ -63,10 +63,14 @@ class FeatureExtractionPipeline(TokenBatching, Pipeline):
 
     def preprocess(self, item: str, tokenize_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
         """Tokenize one text."""
-        if not isinstance(item, str):
-            raise ProcessingError(f"feature-extraction takes a text or a list of texts, got {type(item).__name__}.")
-        encoded = self.tokenizer(item, return_tensors="pt", **(tokenize_kwargs or {}))
-        return dict(encoded)
+        return self.preprocess_many([item], tokenize_kwargs)[0]
+
+    def preprocess_many(self, items: list[Any], tokenize_kwargs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Tokenize every text in one tokenizer call."""
+        for item in items:
+            if not isinstance(item, str):
+                raise ProcessingError(f"feature-extraction takes a text or a list of texts, got {type(item).__name__}.")
+        return _per_item(self.tokenizer(list(items), **(tokenize_kwargs or {})), len(items))
 
     def forward(self, batch: dict[str, Any], pooling: str | None = None, normalize: bool = False) -> dict[str, Any]:
         """Run the encoder and pool its output as asked."""
@@ -111,6 +115,11 @@ class FeatureExtractionPipeline(TokenBatching, Pipeline):
             keep = output["attention_mask"][0].bool()
             result = output["token_states"][0][keep].unsqueeze(0)
         return result if return_tensors else result.tolist()
+
+
+def _per_item(encoded: Any, count: int) -> list[dict[str, Any]]:
+    """Split a batched tokenizer output (lists) into one dict per text."""
+    return [{key: values[index] for key, values in encoded.items()} for index in range(count)]
 
 
 def mean_pool(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

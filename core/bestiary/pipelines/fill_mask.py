@@ -88,15 +88,25 @@ class FillMaskPipeline(TokenBatching, Pipeline):
 
     def preprocess(self, item: str, tokenizer_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
         """Tokenize one text and check that it holds a mask token."""
-        if not isinstance(item, str):
-            raise ProcessingError(f"fill-mask takes a text or a list of texts, got {type(item).__name__}.")
-        encoded = dict(self.tokenizer(item, return_tensors="pt", **(tokenizer_kwargs or {})))
-        if not bool((encoded["input_ids"] == self.tokenizer.mask_token_id).any()):
-            raise ProcessingError(
-                f"No mask token ({self.tokenizer.mask_token}) in the fill-mask input {item!r}; write it where a "
-                "word should be predicted."
-            )
-        return encoded
+        return self.preprocess_many([item], tokenizer_kwargs)[0]
+
+    def preprocess_many(self, items: list[Any], tokenizer_kwargs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Tokenize every text in one tokenizer call and check that each holds a mask token."""
+        for item in items:
+            if not isinstance(item, str):
+                raise ProcessingError(f"fill-mask takes a text or a list of texts, got {type(item).__name__}.")
+        encoded = self.tokenizer(list(items), **(tokenizer_kwargs or {}))
+        mask_id = self.tokenizer.mask_token_id
+        prepared = []
+        for index, item in enumerate(items):
+            row = {key: values[index] for key, values in encoded.items()}
+            if mask_id not in row["input_ids"]:
+                raise ProcessingError(
+                    f"No mask token ({self.tokenizer.mask_token}) in the fill-mask input {item!r}; write it where "
+                    "a word should be predicted."
+                )
+            prepared.append(row)
+        return prepared
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Run the model and keep the probability distributions at the mask positions of each text."""

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 
 from bestiary.errors import ProcessingError
-from bestiary.pipelines._text_batching import TokenBatching, rows_to_tensor
+from bestiary.pipelines._text_batching import TokenBatching
 from bestiary.pipelines.base import Pipeline
 
 logger = logging.getLogger(__name__)
@@ -130,13 +130,12 @@ class QuestionAnsweringPipeline(TokenBatching, Pipeline):
                     "word_ids": encoded.word_ids(index),
                 }
             )
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        features: dict[str, Any] = {"input_ids": rows_to_tensor(encoded["input_ids"], pad_id)}
+        features: dict[str, Any] = {"input_ids": encoded["input_ids"]}
         for key in ("attention_mask", "token_type_ids"):
             if key in encoded:
-                features[key] = rows_to_tensor(encoded[key], 0)
+                features[key] = encoded[key]
         if "attention_mask" not in features:
-            features["attention_mask"] = rows_to_tensor([[1] * len(ids) for ids in encoded["input_ids"]], 0)
+            features["attention_mask"] = [[1] * len(ids) for ids in encoded["input_ids"]]
         features["windows"] = windows
         features["context"] = context
         return features

@@ -61,18 +61,32 @@ class TextClassificationPipeline(TokenBatching, Pipeline):
 
     def preprocess(self, item: Any, **tokenizer_kwargs: Any) -> dict[str, Any]:
         """Tokenize a text or a ``{"text", "text_pair"}`` dict."""
-        if isinstance(item, dict):
-            if "text" not in item:
+        return self.preprocess_many([item], **tokenizer_kwargs)[0]
+
+    def preprocess_many(self, items: list[Any], **tokenizer_kwargs: Any) -> list[dict[str, Any]]:
+        """Tokenize the inputs: one tokenizer call for all single texts, one for all pairs."""
+        texts, pairs = [], []
+        for index, item in enumerate(items):
+            if isinstance(item, str):
+                texts.append(index)
+            elif isinstance(item, dict) and "text" in item:
+                pairs.append(index)
+            elif isinstance(item, dict):
                 raise ProcessingError(f"A text-pair input needs the keys 'text' and 'text_pair', got {sorted(item)}.")
-            encoded = self.tokenizer(item["text"], item.get("text_pair"), return_tensors="pt", **tokenizer_kwargs)
-        elif isinstance(item, str):
-            encoded = self.tokenizer(item, return_tensors="pt", **tokenizer_kwargs)
-        else:
-            raise ProcessingError(
-                f"text-classification takes a text, a list of texts, or {{'text': ..., 'text_pair': ...}} for a "
-                f"pair; got {type(item).__name__}."
-            )
-        return dict(encoded)
+            else:
+                raise ProcessingError(
+                    f"text-classification takes a text, a list of texts, or {{'text': ..., 'text_pair': ...}} for "
+                    f"a pair; got {type(item).__name__}."
+                )
+        prepared: list[dict[str, Any]] = [{} for _ in items]
+        if texts:
+            encoded = self.tokenizer([items[i] for i in texts], **tokenizer_kwargs)
+            for row, index in enumerate(texts):
+                prepared[index] = {key: values[row] for key, values in encoded.items()}
+        for index in pairs:  # a pair may lack text_pair, so pairs are tokenized one by one
+            encoded = self.tokenizer(items[index]["text"], items[index].get("text_pair"), **tokenizer_kwargs)
+            prepared[index] = dict(encoded)
+        return prepared
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Run the classifier."""
