@@ -328,7 +328,8 @@ class AutoProcessor(_AutoProcessorBase):
         """Load the most complete processor available for the checkpoint."""
         _refuse_remote_code(kwargs)
         options = HubOptions(**{key: kwargs[key] for key in HUB_KEYS if key in kwargs})
-        found = _processor_class("processor", path_or_repo, options, None, None)
+        declared = _read_optional_json(path_or_repo, cls.file_name, options).get(cls.type_key)
+        found = _processor_class("processor", path_or_repo, options, declared, None)
         if found is not None:
             return found.from_pretrained(path_or_repo, **kwargs)
         for fallback in (AutoTokenizer, AutoImageProcessor, AutoFeatureExtractor):

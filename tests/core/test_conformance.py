@@ -38,6 +38,21 @@ TINY_CONFIGS["whisper"] = dict(d_model=16, encoder_layers=1, decoder_layers=1, e
                                max_source_positions=16, max_target_positions=32, vocab_size=60, pad_token_id=1,
                                bos_token_id=2, eos_token_id=2, decoder_start_token_id=3)
 TINY_CONFIGS["timm_backbone"] = dict(backbone="resnet18", out_indices=[1, 2])
+TINY_CONFIGS["qwen2_vl"] = {
+    "text_config": {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1,
+                    "num_attention_heads": 4, "num_key_value_heads": 2,
+                    "rope_parameters": {"rope_type": "default", "mrope_section": [2, 1, 1]}},
+    "vision_config": {"depth": 1, "embed_dim": 16, "hidden_size": 32, "num_heads": 2},
+    "image_token_id": 60, "video_token_id": 61, "vision_start_token_id": 62, "vision_end_token_id": 63,
+}
+TINY_CONFIGS["sam"] = {
+    "vision_config": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 64,
+                      "patch_size": 16, "output_channels": 8, "window_size": 2, "global_attn_indexes": [0], "num_pos_feats": 4,
+                      "mlp_dim": 32},
+    "prompt_encoder_config": {"hidden_size": 8, "image_size": 64, "patch_size": 16, "mask_input_channels": 4},
+    "mask_decoder_config": {"hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "mlp_dim": 16,
+                            "iou_head_hidden_dim": 8},
+}
 # Models whose forward needs structured inputs (prompts, images with grids, paired encoders) are
 # round-tripped but not run here; their own test suites run them against transformers.
 SKIP_FORWARD = {"bert": {"multiple-choice"}, "sam": {"model", "mask-generation"}, "qwen2_vl": {"model", "image-text-to-text", "vision2seq"},
