@@ -22,6 +22,7 @@ Then peak memory for a growing grid (``points_per_side``) at a fixed
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import logging
 import sys
@@ -36,18 +37,31 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import transformers  # noqa: E402
+import transformers
+from bestiary.pipelines import pipeline as bestiary_pipeline
 
-from bestiary.pipelines import pipeline as bestiary_pipeline  # noqa: E402
-from tests.plugins.sam.sam_builders import confident_masks  # noqa: E402
-from tests.plugins.sam.sam_memory import PeakTensorMemory  # noqa: E402
+from tests.plugins.sam.sam_builders import confident_masks
+from tests.plugins.sam.sam_memory import PeakTensorMemory
 
-VISION = dict(hidden_size=64, output_channels=32, num_hidden_layers=4, num_attention_heads=4, image_size=256,
-              patch_size=16, window_size=7, global_attn_indexes=[1, 3], num_pos_feats=16)
+VISION = dict(
+    hidden_size=64,
+    output_channels=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    image_size=256,
+    patch_size=16,
+    window_size=7,
+    global_attn_indexes=[1, 3],
+    num_pos_feats=16,
+)
 PROMPT = dict(hidden_size=32, image_size=256, patch_size=16, mask_input_channels=8)
 DECODER = dict(hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=4, iou_head_hidden_dim=32)
-PROCESSOR = dict(size={"longest_edge": 256}, pad_size={"height": 256, "width": 256},
-                 mask_size={"longest_edge": 64}, mask_pad_size={"height": 64, "width": 64})
+PROCESSOR = dict(
+    size={"longest_edge": 256},
+    pad_size={"height": 256, "width": 256},
+    mask_size={"longest_edge": 64},
+    mask_pad_size={"height": 64, "width": 64},
+)
 
 
 def make_checkpoint(folder: Path) -> Path:
@@ -95,8 +109,10 @@ def main() -> None:
         theirs = transformers.pipeline("mask-generation", model=str(folder), device="cpu")
         ours = bestiary_pipeline("mask-generation", model=str(folder))
 
-        print(f"SAM segment-everything, random {VISION['image_size']}px model, chelsea {image.width}x{image.height}, "
-              f"{args.threads} threads (random weights: mask content is meaningless, the work is real)")
+        print(
+            f"SAM segment-everything, random {VISION['image_size']}px model, chelsea {image.width}x{image.height}, "
+            f"{args.threads} threads (random weights: mask content is meaningless, the work is real)"
+        )
         scenarios = {
             "default thresholds (0.88 IoU, 0.95 stability)": {},
             "keep everything (thresholds 0)": dict(pred_iou_thresh=0.0, stability_score_thresh=0.0),
@@ -106,23 +122,29 @@ def main() -> None:
             print(f"\n{title}; 16x16 points, points_per_batch=64")
             print(f"  {'library':<14}{'time (s)':>10}{'peak tensors (MB)':>20}{'masks':>8}")
             for name, generator in (("transformers", theirs), ("bestiary", ours)):
-                seconds, result = best_time(lambda: generator(image, **settings), repeats)  # the first run warms up
-                peak = peak_bytes(lambda: generator(image, **settings))
+                run = functools.partial(generator, image, **settings)
+                seconds, result = best_time(run, repeats)  # the first run warms up
+                peak = peak_bytes(run)
                 print(f"  {name:<14}{seconds:>10.3f}{peak / 2**20:>20.1f}{len(result['masks']):>8}")
 
         sides = (8, 16, 32) if args.quick else (8, 16, 32, 64)
         print("\npeak tensor memory (MB) vs grid, points_per_batch=32, pred_iou_thresh=0 (every mask is upscaled)")
         print(f"  {'points_per_side':<16}" + "".join(f"{side:>10}" for side in sides))
         for name, generator in (("transformers", theirs), ("bestiary", ours)):
-            peaks = [peak_bytes(lambda: generator(image, points_per_crop=side, points_per_batch=32, pred_iou_thresh=0.0))
-                     for side in sides]
+            peaks = [
+                peak_bytes(
+                    functools.partial(generator, image, points_per_crop=side, points_per_batch=32, pred_iou_thresh=0.0)
+                )
+                for side in sides
+            ]
             print(f"  {name:<16}" + "".join(f"{peak / 2**20:>10.1f}" for peak in peaks))
 
         crops = dict(points_per_crop=8, points_per_batch=64, crops_n_layers=1)
         print("\nwith one crop layer (5 crops), 8x8 points per crop")
         for name, generator in (("transformers", theirs), ("bestiary", ours)):
-            seconds, result = best_time(lambda: generator(image, **crops), repeats)
-            peak = peak_bytes(lambda: generator(image, **crops))
+            run = functools.partial(generator, image, **crops)
+            seconds, result = best_time(run, repeats)
+            peak = peak_bytes(run)
             print(f"  {name:<14}{seconds:>10.3f}s{peak / 2**20:>10.1f} MB{len(result['masks']):>6} masks")
 
 

@@ -32,9 +32,14 @@ from pathlib import Path
 import numpy as np
 import skimage.data
 import torch
+from bestiary_sam import (
+    SamAutomaticMaskGenerator,
+    SamConfig,
+    SamImageProcessor,
+    SamModel,
+    SamProcessor,
+)
 from PIL import Image, ImageDraw
-
-from bestiary_sam import SamAutomaticMaskGenerator, SamConfig, SamImageProcessor, SamModel, SamProcessor
 
 OUTPUT = Path(__file__).with_name("output")
 POINT = (250, 110)  # (x, y) on the cat's head
@@ -44,8 +49,17 @@ BOX = (150, 20, 360, 280)  # x1, y1, x2, y2 around the cat
 def tiny_random_sam(seed: int = 0) -> SamModel:
     """The deterministic stand-in for trained weights described in the module docstring."""
     config = SamConfig(
-        vision_config=dict(hidden_size=64, output_channels=32, num_hidden_layers=4, num_attention_heads=4,
-                           image_size=256, patch_size=16, window_size=7, global_attn_indexes=[1, 3], num_pos_feats=16),
+        vision_config=dict(
+            hidden_size=64,
+            output_channels=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            image_size=256,
+            patch_size=16,
+            window_size=7,
+            global_attn_indexes=[1, 3],
+            num_pos_feats=16,
+        ),
         prompt_encoder_config=dict(hidden_size=32, image_size=256, patch_size=16, mask_input_channels=8),
         mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=4, iou_head_hidden_dim=32),
     )
@@ -93,16 +107,22 @@ def prompted(model: SamModel, processor: SamProcessor, photo: np.ndarray, path: 
     box_inputs = processor(images=photo, input_boxes=[[BOX]], return_tensors="pt")
     with torch.no_grad():
         embeddings = model.get_image_embeddings(inputs["pixel_values"])  # encode once, prompt twice
-        by_point = model(image_embeddings=embeddings, input_points=inputs["input_points"], input_labels=inputs["input_labels"])
+        by_point = model(
+            image_embeddings=embeddings, input_points=inputs["input_points"], input_labels=inputs["input_labels"]
+        )
         by_box = model(image_embeddings=embeddings, input_boxes=box_inputs["input_boxes"])
     picture = photo.astype(np.float32)
     for output, colour, name in ((by_box, (255, 140, 0), "box"), (by_point, (40, 120, 255), "point")):
-        masks = processor.post_process_masks(output.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"])[0]
+        masks = processor.post_process_masks(
+            output.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"]
+        )[0]
         best = int(output.iou_scores[0, 0].argmax())
         mask = masks[0, best].numpy()
         tint(picture, mask, colour)
-        print(f"{name} prompt: best of 3 masks is #{best} (predicted IoU {output.iou_scores[0, 0, best]:.2f}), "
-              f"{int(mask.sum())} pixels")
+        print(
+            f"{name} prompt: best of 3 masks is #{best} (predicted IoU {output.iou_scores[0, 0, best]:.2f}), "
+            f"{int(mask.sum())} pixels"
+        )
     image = Image.fromarray(picture.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     draw.rectangle(BOX, outline=(255, 140, 0), width=3)
@@ -113,8 +133,9 @@ def prompted(model: SamModel, processor: SamProcessor, photo: np.ndarray, path: 
 
 def everything(model: SamModel, processor: SamProcessor, photo: np.ndarray, path: Path) -> None:
     """Segment everything; save every kept mask, each in its own colour."""
-    generator = SamAutomaticMaskGenerator(model, processor, points_per_side=16, points_per_batch=64,
-                                          pred_iou_thresh=0.7, stability_score_thresh=0.8)
+    generator = SamAutomaticMaskGenerator(
+        model, processor, points_per_side=16, points_per_batch=64, pred_iou_thresh=0.7, stability_score_thresh=0.8
+    )
     result = generator.generate(photo)
     print(f"segment everything: {len(result)} masks kept from 16x16 points x 3 masks")
     picture = photo.astype(np.float32) * 0.6
@@ -134,8 +155,14 @@ def main() -> None:
     print("NOTE: no SAM weights are available offline, so this uses a TINY RANDOM SAM (seed 0), not a trained one:")
     print("      the masks show the code path and the drawing, not meaningful segments.")
     model = tiny_random_sam()
-    processor = SamProcessor(SamImageProcessor(size={"longest_edge": 256}, pad_size={"height": 256, "width": 256},
-                                               mask_size={"longest_edge": 64}, mask_pad_size={"height": 64, "width": 64}))
+    processor = SamProcessor(
+        SamImageProcessor(
+            size={"longest_edge": 256},
+            pad_size={"height": 256, "width": 256},
+            mask_size={"longest_edge": 64},
+            mask_pad_size={"height": 64, "width": 64},
+        )
+    )
     photo = skimage.data.chelsea()
     prompted(model, processor, photo, args.output / "prompted.png")
     everything(model, processor, photo, args.output / "everything.png")

@@ -37,10 +37,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from bestiary.errors import ProcessingError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torchvision.ops import batched_nms
 
-from bestiary.errors import ProcessingError
 from bestiary_sam import mask_utils
 from bestiary_sam.image_processing_sam import SamImageProcessor, upscale_mask_logits
 
@@ -71,7 +71,7 @@ class MaskGenerationSettings(BaseModel):
     output_mode: Literal["binary_mask", "rle"] = "binary_mask"
 
     @classmethod
-    def build(cls, base: "MaskGenerationSettings | None" = None, **values: Any) -> "MaskGenerationSettings":
+    def build(cls, base: MaskGenerationSettings | None = None, **values: Any) -> MaskGenerationSettings:
         """Return settings from keyword arguments (over ``base``), raising errors that name the argument."""
         data = {**(base.model_dump() if base is not None else {}), **values}
         try:
@@ -173,21 +173,38 @@ class _Kept:
     crop_boxes: torch.Tensor
 
     @classmethod
-    def empty(cls) -> "_Kept":
-        return cls([], torch.zeros(0), torch.zeros(0), torch.zeros((0, 4), dtype=torch.int64),
-                   torch.zeros((0, 2), dtype=torch.float64), torch.zeros((0, 4), dtype=torch.int64))
+    def empty(cls) -> _Kept:
+        return cls(
+            [],
+            torch.zeros(0),
+            torch.zeros(0),
+            torch.zeros((0, 4), dtype=torch.int64),
+            torch.zeros((0, 2), dtype=torch.float64),
+            torch.zeros((0, 4), dtype=torch.int64),
+        )
 
     def __len__(self) -> int:
         return len(self.pieces)
 
-    def select(self, keep: torch.Tensor) -> "_Kept":
-        return _Kept([self.pieces[i] for i in keep.tolist()], self.scores[keep], self.stability[keep],
-                     self.boxes[keep], self.points[keep], self.crop_boxes[keep])
+    def select(self, keep: torch.Tensor) -> _Kept:
+        return _Kept(
+            [self.pieces[i] for i in keep.tolist()],
+            self.scores[keep],
+            self.stability[keep],
+            self.boxes[keep],
+            self.points[keep],
+            self.crop_boxes[keep],
+        )
 
-    def extend(self, other: "_Kept") -> "_Kept":
-        return _Kept(self.pieces + other.pieces, torch.cat([self.scores, other.scores]),
-                     torch.cat([self.stability, other.stability]), torch.cat([self.boxes, other.boxes]),
-                     torch.cat([self.points, other.points]), torch.cat([self.crop_boxes, other.crop_boxes]))
+    def extend(self, other: _Kept) -> _Kept:
+        return _Kept(
+            self.pieces + other.pieces,
+            torch.cat([self.scores, other.scores]),
+            torch.cat([self.stability, other.stability]),
+            torch.cat([self.boxes, other.boxes]),
+            torch.cat([self.points, other.points]),
+            torch.cat([self.crop_boxes, other.crop_boxes]),
+        )
 
 
 def _piece(mask: torch.Tensor, box: list[int]) -> torch.Tensor:
@@ -251,7 +268,9 @@ class SamAutomaticMaskGenerator:
             kept = kept.extend(self._crop_survivors(crop, settings))
             del crop
         if len(crops) > 1 and len(kept):
-            kept = kept.select(_nms(kept.boxes, 1.0 / mask_utils.box_area(kept.crop_boxes).float(), settings.crops_nms_thresh))
+            kept = kept.select(
+                _nms(kept.boxes, 1.0 / mask_utils.box_area(kept.crop_boxes).float(), settings.crops_nms_thresh)
+            )
         if settings.min_mask_region_area > 0 and len(kept):
             kept = self._remove_small_regions(kept, image_size, settings)
         return self._finish(kept, image_size, settings)
@@ -276,9 +295,13 @@ class SamAutomaticMaskGenerator:
             )
         return images[0]
 
-    def _crops(self, pixels: torch.Tensor, settings: MaskGenerationSettings) -> Iterator[tuple[list[int], int, torch.Tensor]]:
+    def _crops(
+        self, pixels: torch.Tensor, settings: MaskGenerationSettings
+    ) -> Iterator[tuple[list[int], int, torch.Tensor]]:
         image_size = (int(pixels.shape[-2]), int(pixels.shape[-1]))
-        crop_boxes, layers = mask_utils.generate_crop_boxes(image_size, settings.crops_n_layers, settings.crop_overlap_ratio)
+        crop_boxes, layers = mask_utils.generate_crop_boxes(
+            image_size, settings.crops_n_layers, settings.crop_overlap_ratio
+        )
         grids = mask_utils.build_layer_point_grids(
             settings.points_per_side, settings.crops_n_layers, settings.crop_n_points_downscale_factor
         )
@@ -371,8 +394,14 @@ class SamAutomaticMaskGenerator:
         count = len(all_scores)
         crop_boxes = torch.tensor([crop.box] * count, dtype=torch.int64).reshape(count, 4)
         ordered = [pieces[index] for index in keep.tolist()]
-        return _Kept(ordered, all_scores[keep], torch.cat(stability)[keep], all_boxes[keep], torch.cat(points)[keep],
-                     crop_boxes[keep])
+        return _Kept(
+            ordered,
+            all_scores[keep],
+            torch.cat(stability)[keep],
+            all_boxes[keep],
+            torch.cat(points)[keep],
+            crop_boxes[keep],
+        )
 
     def _filter(
         self,
@@ -395,8 +424,12 @@ class SamAutomaticMaskGenerator:
         index = torch.nonzero(keep).reshape(-1)
         binary, stability = [], []
         for start in range(0, index.numel(), UPSCALE_CHUNK):
-            full = upscale_mask_logits(logits[index[start : start + UPSCALE_CHUNK]].float(), crop.padded, crop.resized, crop.size)
-            stability.append(mask_utils.stability_scores(full, settings.mask_threshold, settings.stability_score_offset))
+            full = upscale_mask_logits(
+                logits[index[start : start + UPSCALE_CHUNK]].float(), crop.padded, crop.resized, crop.size
+            )
+            stability.append(
+                mask_utils.stability_scores(full, settings.mask_threshold, settings.stability_score_offset)
+            )
             binary.append(full > settings.mask_threshold)
             del full
         masks = torch.cat(binary) if binary else torch.zeros((0, *crop.size), dtype=torch.bool, device=logits.device)
@@ -404,10 +437,20 @@ class SamAutomaticMaskGenerator:
         scores, points = scores[index], points[index.cpu()]
         if settings.stability_score_thresh > 0.0:
             stable = stability_scores >= settings.stability_score_thresh
-            masks, scores, stability_scores, points = masks[stable], scores[stable], stability_scores[stable], points[stable.cpu()]
+            masks, scores, stability_scores, points = (
+                masks[stable],
+                scores[stable],
+                stability_scores[stable],
+                points[stable.cpu()],
+            )
         boxes = mask_utils.masks_to_boxes(masks)
         inside = ~mask_utils.is_box_near_crop_edge(boxes, crop.box, crop.image_box, settings.crop_edge_tolerance)
-        masks, scores, stability_scores, points = masks[inside], scores[inside], stability_scores[inside], points[inside.cpu()]
+        masks, scores, stability_scores, points = (
+            masks[inside],
+            scores[inside],
+            stability_scores[inside],
+            points[inside.cpu()],
+        )
         boxes = boxes[inside]
 
         x0, y0, x1, y1 = crop.box
@@ -457,7 +500,9 @@ class SamAutomaticMaskGenerator:
             image_size=image_size,
         )
         if settings.output_mode == "rle":
-            result.rles = [mask_utils.mask_to_rle(_full_mask(piece, box, image_size)) for piece, box in zip(kept.pieces, boxes)]
+            result.rles = [
+                mask_utils.mask_to_rle(_full_mask(piece, box, image_size)) for piece, box in zip(kept.pieces, boxes)
+            ]
         else:
             masks = torch.zeros((len(kept), *image_size), dtype=torch.bool)
             for index, (piece, box) in enumerate(zip(kept.pieces, boxes)):

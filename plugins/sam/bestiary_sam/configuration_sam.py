@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import Field, field_validator, model_validator
-
 from bestiary.config import Config
 from bestiary.errors import ConfigError
+from pydantic import Field, field_validator, model_validator
 
 # Fields of the base Config that describe a whole model, not a SAM part; a
 # sub-config writes them only when they were changed from their defaults.
@@ -76,7 +75,7 @@ class SamVisionConfig(_SamPartConfig):
         return value
 
     @model_validator(mode="after")
-    def _fill_derived(self) -> "SamVisionConfig":
+    def _fill_derived(self) -> SamVisionConfig:
         self._check_positive("hidden_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size")
         if self.mlp_dim is None:
             self.__dict__["mlp_dim"] = int(self.hidden_size * self.mlp_ratio)
@@ -120,7 +119,7 @@ class SamPromptEncoderConfig(_SamPartConfig):
     image_embedding_size: int | None = None
 
     @model_validator(mode="after")
-    def _fill_derived(self) -> "SamPromptEncoderConfig":
+    def _fill_derived(self) -> SamPromptEncoderConfig:
         self._check_positive("hidden_size", "image_size", "patch_size", "mask_input_channels")
         self.__dict__["image_embedding_size"] = self.image_size // self.patch_size
         if self.num_point_embeddings < 4:
@@ -148,7 +147,7 @@ class SamMaskDecoderConfig(_SamPartConfig):
     layer_norm_eps: float = 1e-6
 
     @model_validator(mode="after")
-    def _check(self) -> "SamMaskDecoderConfig":
+    def _check(self) -> SamMaskDecoderConfig:
         self._check_positive("hidden_size", "mlp_dim", "num_attention_heads", "attention_downsample_rate")
         inner = self.hidden_size // self.attention_downsample_rate
         if inner % self.num_attention_heads or self.hidden_size % 8:
@@ -190,7 +189,7 @@ class SamConfig(Config):
         raise ValueError(f"{info.field_name} must be a {target.__name__} or a dict, got {type(value).__name__}")
 
     @model_validator(mode="after")
-    def _check_consistency(self) -> "SamConfig":
+    def _check_consistency(self) -> SamConfig:
         vision, prompt, decoder = self.vision_config, self.prompt_encoder_config, self.mask_decoder_config
         if 2 * vision.num_pos_feats != prompt.hidden_size:
             raise ConfigError(

@@ -15,13 +15,17 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import ValidationInfo, field_validator
-from torch.nn import functional as F
-
 from bestiary.errors import ProcessingError
 from bestiary.processing.batch_feature import BatchFeature
 from bestiary.processing.image_processing import ImageProcessor, SizeDict, size_to_dict
-from bestiary.processing.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Resampling, to_tensor_images
+from bestiary.processing.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    Resampling,
+    to_tensor_images,
+)
+from pydantic import ValidationInfo, field_validator
+from torch.nn import functional as F
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +104,9 @@ class SamImageProcessor(ImageProcessor):
 
     def _preprocess(self, images: list[torch.Tensor], *, return_tensors: str | None = None) -> BatchFeature:
         original_sizes = [tuple(int(v) for v in image.shape[-2:]) for image in images]
-        resized = [self.resize(image, self.size, resample=self.resample) if self.do_resize else image for image in images]
+        resized = [
+            self.resize(image, self.size, resample=self.resample) if self.do_resize else image for image in images
+        ]
         reshaped_sizes = [tuple(int(v) for v in image.shape[-2:]) for image in resized]
         processed = [
             self.rescale_and_normalize(

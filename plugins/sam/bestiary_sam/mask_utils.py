@@ -14,7 +14,7 @@ zeros: ``{"size": [height, width], "counts": [...]}``.
 from __future__ import annotations
 
 import math
-from itertools import product
+from itertools import pairwise, product
 
 import numpy as np
 import torch
@@ -49,8 +49,8 @@ def generate_crop_boxes(
     for layer in range(1, n_layers + 1):
         per_side = 2**layer
         overlap = int(overlap_ratio * short_side * (2 / per_side))
-        crop_w = int(math.ceil((overlap * (per_side - 1) + width) / per_side))
-        crop_h = int(math.ceil((overlap * (per_side - 1) + height) / per_side))
+        crop_w = math.ceil((overlap * (per_side - 1) + width) / per_side)
+        crop_h = math.ceil((overlap * (per_side - 1) + height) / per_side)
         lefts = [int((crop_w - overlap) * i) for i in range(per_side)]
         tops = [int((crop_h - overlap) * i) for i in range(per_side)]
         for left, top in product(lefts, tops):
@@ -115,7 +115,7 @@ def mask_to_rle(mask: torch.Tensor) -> dict[str, list[int]]:
     flat = mask.detach().t().reshape(-1).to(torch.bool).cpu()
     changes = (torch.nonzero(flat[1:] != flat[:-1]).reshape(-1) + 1).tolist()
     edges = [0, *changes, height * width]
-    counts = [end - start for start, end in zip(edges[:-1], edges[1:])]
+    counts = [end - start for start, end in pairwise(edges)]
     if flat.numel() and bool(flat[0]):
         counts = [0, *counts]
     return {"size": [int(height), int(width)], "counts": counts}

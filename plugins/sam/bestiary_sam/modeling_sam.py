@@ -29,14 +29,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
-from torch.nn import functional as F
-
 from bestiary.errors import ProcessingError
 from bestiary.modeling import PreTrainedModel
 from bestiary.nn.activations import get_activation
 from bestiary.outputs import ModelOutput
-from bestiary_sam.configuration_sam import SamConfig, SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
+from torch import nn
+from torch.nn import functional as F
+
+from bestiary_sam.configuration_sam import (
+    SamConfig,
+    SamMaskDecoderConfig,
+    SamPromptEncoderConfig,
+    SamVisionConfig,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -341,7 +346,9 @@ class SamPromptEncoder(nn.Module):
         self.shared_embedding = SamPositionalEmbedding(config.vision_config)
         self.mask_embed = SamMaskEmbedding(prompt)
         self.no_mask_embed = nn.Embedding(1, prompt.hidden_size)
-        self.point_embed = nn.ModuleList(nn.Embedding(1, prompt.hidden_size) for _ in range(prompt.num_point_embeddings))
+        self.point_embed = nn.ModuleList(
+            nn.Embedding(1, prompt.hidden_size) for _ in range(prompt.num_point_embeddings)
+        )
         self.not_a_point_embed = nn.Embedding(1, prompt.hidden_size)
         self.input_image_size = prompt.image_size
         self.image_embedding_size = prompt.image_embedding_size
@@ -385,7 +392,9 @@ class SamPromptEncoder(nn.Module):
         if input_points is not None:
             batch = input_points.shape[0]
             if input_labels is None:
-                raise ProcessingError("input_points were given without input_labels; pass labels (1 foreground, 0 background).")
+                raise ProcessingError(
+                    "input_points were given without input_labels; pass labels (1 foreground, 0 background)."
+                )
             sparse = self.embed_points(input_points, input_labels, pad=input_boxes is None)
         if input_boxes is not None:
             batch = input_boxes.shape[0]
@@ -731,16 +740,16 @@ class SamModel(SamPreTrainedModel):
                 "SamProcessor builds this shape from nested lists."
             )
         if input_boxes is not None and input_boxes.dim() != 3:
-            raise ProcessingError(
-                f"input_boxes must be 3-D (batch, boxes, 4); got shape {tuple(input_boxes.shape)}."
-            )
+            raise ProcessingError(f"input_boxes must be 3-D (batch, boxes, 4); got shape {tuple(input_boxes.shape)}.")
         if input_points is not None and input_boxes is not None and input_points.shape[1] != input_boxes.shape[1]:
             raise ProcessingError(
                 f"input_points has {input_points.shape[1]} prompts per image but input_boxes has "
                 f"{input_boxes.shape[1]}; give one box per point prompt (same second dimension)."
             )
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
 
         vision_states = vision_attentions = None
         if pixel_values is not None:
@@ -787,4 +796,4 @@ class SamModel(SamPreTrainedModel):
         return SamAutomaticMaskGenerator(self, processor, **settings).generate(image)
 
 
-__all__ = ["SamModel", "SamPreTrainedModel", "SamImageSegmentationOutput", "SamVisionEncoderOutput"]
+__all__ = ["SamImageSegmentationOutput", "SamModel", "SamPreTrainedModel", "SamVisionEncoderOutput"]

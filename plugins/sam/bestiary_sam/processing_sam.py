@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from bestiary.errors import ProcessingError
 from bestiary.processing.base import PROCESSOR_CONFIG_NAME, atomic_write_text
 from bestiary.processing.batch_feature import BatchFeature
+
 from bestiary_sam.image_processing_sam import SamImageProcessor
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,9 @@ class SamProcessor:
     transformers_class = "SamProcessor"
     model_input_names = ("pixel_values", "original_sizes", "reshaped_input_sizes")
 
-    def __init__(self, image_processor: SamImageProcessor | None = None, point_pad_value: int = POINT_PAD_VALUE) -> None:
+    def __init__(
+        self, image_processor: SamImageProcessor | None = None, point_pad_value: int = POINT_PAD_VALUE
+    ) -> None:
         self.image_processor = image_processor if image_processor is not None else SamImageProcessor()
         self.point_pad_value = point_pad_value
 
@@ -55,7 +57,7 @@ class SamProcessor:
 
     # -- loading and saving ----------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path_or_repo: str | os.PathLike, **kwargs: Any) -> "SamProcessor":
+    def from_pretrained(cls, path_or_repo: str | os.PathLike, **kwargs: Any) -> SamProcessor:
         """Load the image processor settings from ``processor_config.json`` or ``preprocessor_config.json``."""
         point_pad_value = kwargs.pop("point_pad_value", POINT_PAD_VALUE)
         return cls(SamImageProcessor.from_pretrained(path_or_repo, **kwargs), point_pad_value=point_pad_value)
@@ -135,7 +137,9 @@ class SamProcessor:
         image_processor: SamImageProcessor, coords: np.ndarray, original_size: tuple[int, int], is_box: bool = False
     ) -> np.ndarray:
         """Scale (..., 2) x, y coordinates (or (..., 4) boxes) from the original image to the resized one."""
-        new_height, new_width = image_processor.get_output_size(original_size, {"longest_edge": image_processor.target_size})
+        new_height, new_width = image_processor.get_output_size(
+            original_size, {"longest_edge": image_processor.target_size}
+        )
         old_height, old_width = original_size
         coords = coords.astype(float)
         shape = coords.shape
@@ -167,7 +171,9 @@ def _prompt_arrays(value: Any, name: str, min_depth: int) -> list[np.ndarray] | 
     if isinstance(value, (torch.Tensor, np.ndarray)):
         value = value.tolist()
     if not isinstance(value, (list, tuple)) or not value:
-        raise ProcessingError(f"{name} must be a non-empty nested list with one entry per image, got {type(value).__name__}.")
+        raise ProcessingError(
+            f"{name} must be a non-empty nested list with one entry per image, got {type(value).__name__}."
+        )
     arrays = []
     for index, item in enumerate(value):
         try:
@@ -204,7 +210,9 @@ def _pad_points(
             "input_labels too, so that padding points can be labelled -10 and ignored."
         )
     if len({array.ndim for array in points}) > 1:
-        raise ProcessingError("input_points mixes nesting depths between images; use the same structure for each image.")
+        raise ProcessingError(
+            "input_points mixes nesting depths between images; use the same structure for each image."
+        )
     target = tuple(max(array.shape[axis] for array in points) for axis in range(points[0].ndim - 1))
     padded_points, padded_labels = [], []
     for index, (array, label) in enumerate(zip(points, labels)):

@@ -50,7 +50,7 @@ PROCESSOR = dict(
 )
 
 
-def reference_config(**vision_overrides) -> "transformers.SamConfig":
+def reference_config(**vision_overrides) -> transformers.SamConfig:
     """The tiny transformers SamConfig every SAM test uses."""
     return transformers.SamConfig(
         vision_config={**VISION, **vision_overrides}, prompt_encoder_config=PROMPT, mask_decoder_config=DECODER
@@ -73,7 +73,9 @@ def confident_masks(model: torch.nn.Module) -> None:
             elif leaf == "pos_embed":
                 param.zero_()  # features then follow image content, not position
             elif param.dim() >= 2 and "embed" not in owner:
-                fan_in = param.shape[0] * param.shape[2] * param.shape[3] if "upscale_conv" in owner else param[0].numel()
+                fan_in = (
+                    param.shape[0] * param.shape[2] * param.shape[3] if "upscale_conv" in owner else param[0].numel()
+                )
                 param.normal_(0.0, 1.0 / math.sqrt(fan_in))
             elif param.dim() >= 2 or "rel_pos" in leaf:
                 param.normal_(0.0, 0.5)

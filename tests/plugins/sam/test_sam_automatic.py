@@ -21,13 +21,14 @@ from torch.nn import functional as F
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("bestiary_sam")
 
-from bestiary.errors import ProcessingError  # noqa: E402
-from bestiary.pipelines import pipeline  # noqa: E402
-from bestiary_sam import mask_utils  # noqa: E402
-from bestiary_sam.automatic import SamAutomaticMaskGenerator  # noqa: E402
-from bestiary_sam.modeling_sam import SamModel  # noqa: E402
-from bestiary_sam.processing_sam import SamProcessor  # noqa: E402
-from tests.plugins.sam.sam_memory import PeakTensorMemory  # noqa: E402
+from bestiary.errors import ProcessingError
+from bestiary.pipelines import pipeline
+from bestiary_sam import mask_utils
+from bestiary_sam.automatic import SamAutomaticMaskGenerator
+from bestiary_sam.modeling_sam import SamModel
+from bestiary_sam.processing_sam import SamProcessor
+
+from tests.plugins.sam.sam_memory import PeakTensorMemory
 
 
 # -- the reference ---------------------------------------------------------------------
@@ -130,10 +131,15 @@ def reference_generate(model, image_processor, image, s):
         found = []
         for start in range(0, len(grid), s["points_per_batch"]):
             batch = [(gx * crop_w, gy * crop_h) for gx, gy in grid[start : start + s["points_per_batch"]]]
-            model_points = torch.tensor([[[x * (resized_w / crop_w), y * (resized_h / crop_h)]] for x, y in batch],
-                                        dtype=torch.float64)
-            out = model(image_embeddings=embeddings, input_points=model_points[None],
-                        input_labels=torch.ones(1, len(batch), 1, dtype=torch.int64), multimask_output=True)
+            model_points = torch.tensor(
+                [[[x * (resized_w / crop_w), y * (resized_h / crop_h)]] for x, y in batch], dtype=torch.float64
+            )
+            out = model(
+                image_embeddings=embeddings,
+                input_points=model_points[None],
+                input_labels=torch.ones(1, len(batch), 1, dtype=torch.int64),
+                multimask_output=True,
+            )
             for p, (px, py) in enumerate(batch):
                 for k in range(out.iou_scores.shape[-1]):
                     iou = out.iou_scores[0, p, k].item()
@@ -158,12 +164,21 @@ def reference_generate(model, image_processor, image, s):
                         continue
                     full = np.zeros((height, width), dtype=bool)
                     full[y0:y1, x0:x1] = mask
-                    found.append({"mask": full, "box": shifted, "iou": np.float32(iou), "stability": stability,
-                                  "point": (px + x0, py + y0), "crop": crop})
+                    found.append(
+                        {
+                            "mask": full,
+                            "box": shifted,
+                            "iou": np.float32(iou),
+                            "stability": stability,
+                            "point": (px + x0, py + y0),
+                            "crop": crop,
+                        }
+                    )
         everything += greedy_nms(found, lambda r: r["iou"], s["box_nms_thresh"])
     if len(boxes) > 1:
         everything = greedy_nms(
-            everything, lambda r: np.float32(1.0) / np.float32((r["crop"][2] - r["crop"][0]) * (r["crop"][3] - r["crop"][1])),
+            everything,
+            lambda r: np.float32(1.0) / np.float32((r["crop"][2] - r["crop"][0]) * (r["crop"][3] - r["crop"][1])),
             s["crops_nms_thresh"],
         )
     if s["min_mask_region_area"] > 0:
@@ -201,8 +216,9 @@ CASES = {
     "one crop, loose": dict(pred_iou_thresh=0.3, stability_score_thresh=0.3, box_nms_thresh=0.95),
     "crop layer": CROPS,
     "crop layer, strict NMS across crops": dict(CROPS, box_nms_thresh=0.9, crops_nms_thresh=0.5),
-    "two crop layers, fewer points deeper": dict(CROPS, crops_n_layers=2, crop_n_points_downscale_factor=2,
-                                                 crop_overlap_ratio=0.25),
+    "two crop layers, fewer points deeper": dict(
+        CROPS, crops_n_layers=2, crop_n_points_downscale_factor=2, crop_overlap_ratio=0.25
+    ),
     "crop layer and small regions": dict(CROPS, min_mask_region_area=100),
     "no filters": dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, points_per_side=4, points_per_batch=16),
 }
@@ -226,6 +242,39 @@ def test_kept_masks_equal_the_reference_algorithm(sam, photos, case):
         assert got.areas[index].item() == int(record["mask"].sum())
 
 
+@pytest.mark.parametrize("thresholds", [(0.5, 0.5), (0.0, 0.0)], ids=["filtered", "unfiltered"])
+def test_one_crop_gives_the_masks_of_transformers_pipeline(amg_checkpoint, sam, photos, thresholds):
+    """With one crop, the paper's NMS per crop and transformers' single NMS coincide: same masks, same order."""
+    import PIL.Image
+
+    model, processor = sam
+    iou, stability = thresholds
+    image = photos["coffee"]
+    reference = transformers.pipeline("mask-generation", model=str(amg_checkpoint), device="cpu")
+    expected = reference(
+        PIL.Image.fromarray(image),
+        points_per_crop=6,
+        points_per_batch=10,
+        pred_iou_thresh=iou,
+        stability_score_thresh=stability,
+        crops_nms_thresh=0.7,
+        output_bboxes_mask=True,
+    )
+    got = SamAutomaticMaskGenerator(
+        model,
+        processor,
+        points_per_side=6,
+        points_per_batch=10,
+        pred_iou_thresh=iou,
+        stability_score_thresh=stability,
+        box_nms_thresh=0.7,
+    ).generate(image)
+    assert len(got) == len(expected["masks"]) > 1
+    assert torch.equal(torch.stack(expected["masks"]), got.masks)
+    assert torch.equal(expected["bounding_boxes"], got.boxes)
+    assert torch.allclose(expected["scores"], got.scores, atol=1e-4)  # transformers' grid points are float32
+
+
 def test_the_settings_exercise_every_filter(sam, photos):
     """The cases above are not trivial: each stage removes masks, and several survive."""
     model, processor = sam
@@ -237,7 +286,9 @@ def test_the_settings_exercise_every_filter(sam, photos):
     assert everything == 3 * 36 > after_iou > after_both > len(generator.generate(image)) >= 1
     with_crops = generator.generate(image, **CROPS)
     assert len(with_crops) >= 3 and len({tuple(box) for box in with_crops.crop_boxes.tolist()}) >= 2
-    without_cross_crop_nms = generator.generate(image, **dict(CASES["crop layer, strict NMS across crops"], crops_nms_thresh=1.0))
+    without_cross_crop_nms = generator.generate(
+        image, **dict(CASES["crop layer, strict NMS across crops"], crops_nms_thresh=1.0)
+    )
     assert len(generator.generate(image, **CASES["crop layer, strict NMS across crops"])) < len(without_cross_crop_nms)
     cleaned = generator.generate(image, **CASES["crop layer and small regions"])
     assert with_crops.areas.tolist() != cleaned.areas.tolist()
@@ -246,14 +297,22 @@ def test_the_settings_exercise_every_filter(sam, photos):
 def test_every_point_of_a_partial_last_batch_is_kept(sam, photos):
     model, processor = sam
     generator = SamAutomaticMaskGenerator(
-        model, processor, points_per_side=5, points_per_batch=8, pred_iou_thresh=0, stability_score_thresh=0,
+        model,
+        processor,
+        points_per_side=5,
+        points_per_batch=8,
+        pred_iou_thresh=0,
+        stability_score_thresh=0,
         box_nms_thresh=1.0,
     )
     batches = list(generator.stream(photos["coffee"]))
     assert [batch.points_in_batch for batch in batches] == [8, 8, 8, 1]
     result = generator.generate(photos["coffee"])
     assert len(result) == 25 * 3
-    grid = {tuple(point) for point in (mask_utils.build_point_grid(5) * torch.tensor([120.0, 80.0], dtype=torch.float64)).tolist()}
+    grid = {
+        tuple(point)
+        for point in (mask_utils.build_point_grid(5) * torch.tensor([120.0, 80.0], dtype=torch.float64)).tolist()
+    }
     counted = {}
     for point in result.point_coords.tolist():
         counted[tuple(point)] = counted.get(tuple(point), 0) + 1
@@ -324,7 +383,9 @@ def test_a_mask_suppressed_early_comes_back_when_its_suppressor_is_suppressed():
 def test_peak_memory_does_not_grow_with_the_grid(sam, photos):
     model, processor = sam
     image = photos["chelsea"]
-    generator = SamAutomaticMaskGenerator(model, processor, points_per_batch=8, pred_iou_thresh=0, stability_score_thresh=0)
+    generator = SamAutomaticMaskGenerator(
+        model, processor, points_per_batch=8, pred_iou_thresh=0, stability_score_thresh=0
+    )
 
     def peak(**settings) -> int:
         with PeakTensorMemory() as meter:
@@ -358,7 +419,15 @@ def test_rle_output_and_records(sam, photos):
     record = rle.records()[0]
     x0, y0, x1, y1 = binary.boxes[0].tolist()
     assert record["bbox"] == [x0, y0, x1 - x0, y1 - y0] and record["segmentation"] == rle.rles[0]
-    assert set(record) == {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"}
+    assert set(record) == {
+        "segmentation",
+        "area",
+        "bbox",
+        "predicted_iou",
+        "point_coords",
+        "stability_score",
+        "crop_box",
+    }
 
 
 def test_mask_utils_agree_with_transformers_helpers():
@@ -388,8 +457,9 @@ def test_pipeline_wraps_the_model_api(amg_checkpoint, sam, photos):
     generator = pipeline("mask-generation", model=str(amg_checkpoint))
     settings = dict(points_per_crop=4, points_per_batch=5, pred_iou_thresh=0.5, stability_score_thresh=0.5)
     out = generator(photos["chelsea"], output_rle_mask=True, output_bboxes_mask=True, **settings)
-    direct = SamAutomaticMaskGenerator(model, processor, points_per_side=4, points_per_batch=5, pred_iou_thresh=0.5,
-                                       stability_score_thresh=0.5).generate(photos["chelsea"])
+    direct = SamAutomaticMaskGenerator(
+        model, processor, points_per_side=4, points_per_batch=5, pred_iou_thresh=0.5, stability_score_thresh=0.5
+    ).generate(photos["chelsea"])
     assert set(out) == {"masks", "scores", "rle_mask", "bounding_boxes"}
     assert len(out["masks"]) == len(direct) and torch.equal(torch.stack(out["masks"]), direct.masks)
     assert torch.equal(out["scores"], direct.scores) and torch.equal(out["bounding_boxes"], direct.boxes)
@@ -406,7 +476,9 @@ def test_settings_errors_name_the_argument(sam, photos):
     with pytest.raises(ProcessingError, match="unknown argument 'crop_n_layers'"):
         SamAutomaticMaskGenerator(model, processor, crop_n_layers=1)
     with pytest.raises(ProcessingError, match="crop_n_points_downscale_factor"):
-        SamAutomaticMaskGenerator(model, processor, points_per_side=2, crops_n_layers=2, crop_n_points_downscale_factor=2)
+        SamAutomaticMaskGenerator(
+            model, processor, points_per_side=2, crops_n_layers=2, crop_n_points_downscale_factor=2
+        )
     with pytest.raises(ProcessingError, match="one image per call"):
         SamAutomaticMaskGenerator(model, processor).generate([photos["chelsea"], photos["coffee"]])
     with pytest.raises(ProcessingError, match="SamProcessor or SamImageProcessor"):

@@ -10,12 +10,12 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("bestiary_sam")
 
-import bestiary.auto as auto  # noqa: E402
-from bestiary.errors import ConfigError, ProcessingError  # noqa: E402
-from bestiary_sam.configuration_sam import SamConfig  # noqa: E402
-from bestiary_sam.modeling_sam import SamModel  # noqa: E402
+from bestiary import auto
+from bestiary.errors import ConfigError, ProcessingError
+from bestiary_sam.configuration_sam import SamConfig
+from bestiary_sam.modeling_sam import SamModel
 
-from tests.plugins.sam.sam_builders import reference_config  # noqa: E402
+from tests.plugins.sam.sam_builders import reference_config
 
 TOLERANCE = 1e-4
 
@@ -65,7 +65,10 @@ def test_config_round_trip_is_transformers_config_json(parity_checkpoint, tmp_pa
         assert written[part] == stored[part]
     config.save_pretrained(tmp_path)
     again = transformers.SamConfig.from_pretrained(tmp_path)
-    assert again.vision_config.to_dict() == transformers.SamConfig.from_pretrained(parity_checkpoint).vision_config.to_dict()
+    assert (
+        again.vision_config.to_dict()
+        == transformers.SamConfig.from_pretrained(parity_checkpoint).vision_config.to_dict()
+    )
 
 
 def test_config_accepts_transformers_sub_configs_and_checks_consistency():
@@ -78,7 +81,9 @@ def test_config_accepts_transformers_sub_configs_and_checks_consistency():
     assert config.vision_config.hidden_size == 32 and config.mask_decoder_config.hidden_size == 16
     assert SamConfig().vision_config.mlp_dim == 3072 and SamConfig().vision_config.scale == 384
     with pytest.raises(ConfigError, match="num_pos_feats"):
-        SamConfig.from_dict({"vision_config": reference.vision_config.to_dict(), "prompt_encoder_config": {"hidden_size": 32}})
+        SamConfig.from_dict(
+            {"vision_config": reference.vision_config.to_dict(), "prompt_encoder_config": {"hidden_size": 32}}
+        )
     with pytest.raises(ValueError, match="num_pos_feats"):  # direct construction: pydantic's ValidationError
         SamConfig(vision_config=reference.vision_config, prompt_encoder_config={"hidden_size": 32})
     with pytest.raises(ConfigError, match="global_attn_indexes"):
@@ -123,12 +128,14 @@ def test_one_image_of_a_batch_equals_the_image_alone(models):
     data = prompts(batch=2)
     with torch.no_grad():
         both = ours(pixel_values=data["pixel_values"], input_points=data["points"], input_labels=data["labels"])
-        alone = ours(pixel_values=data["pixel_values"][1:], input_points=data["points"][1:], input_labels=data["labels"][1:])
+        alone = ours(
+            pixel_values=data["pixel_values"][1:], input_points=data["points"][1:], input_labels=data["labels"][1:]
+        )
     assert_close(both.pred_masks[1:], alone.pred_masks)
 
 
 def test_eager_attention_and_attention_outputs(models):
-    reference, ours = models
+    _, ours = models
     data = prompts(batch=1)
     with torch.no_grad():
         sdpa = ours(pixel_values=data["pixel_values"], input_boxes=data["boxes"])
@@ -171,7 +178,7 @@ def test_loading_reports_nothing_missing_and_ties_the_positional_encoding(parity
 
 
 def test_bestiary_checkpoint_loads_in_transformers(models, tmp_path):
-    reference, ours = models
+    _, ours = models
     ours.save_pretrained(tmp_path)
     reloaded, info = transformers.SamModel.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]

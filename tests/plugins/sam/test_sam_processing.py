@@ -11,9 +11,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("bestiary_sam")
 
-from bestiary.errors import ProcessingError  # noqa: E402
-from bestiary_sam.image_processing_sam import SamImageProcessor  # noqa: E402
-from bestiary_sam.processing_sam import SamProcessor  # noqa: E402
+from bestiary.errors import ProcessingError
+from bestiary_sam.image_processing_sam import SamImageProcessor
+from bestiary_sam.processing_sam import SamProcessor
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,9 @@ def test_prompts_for_one_image_and_segmentation_maps_match(processors, photos):
     reference, ours = processors
     image = photos["astronaut"]
     maps = [np.random.default_rng(0).integers(0, 5, image.shape[:2]).astype(np.uint8)]
-    kwargs = dict(input_points=[[[10, 20], [30, 5]]], input_labels=[[1, 0]], segmentation_maps=maps, return_tensors="pt")
+    kwargs = dict(
+        input_points=[[[10, 20], [30, 5]]], input_labels=[[1, 0]], segmentation_maps=maps, return_tensors="pt"
+    )
     expected, got = reference(images=image, **kwargs), ours(images=image, **kwargs)
     assert_same_batch(expected, got)
     assert got["labels"].shape == (1, 32, 32) and got["labels"].dtype == torch.int64
@@ -85,7 +87,9 @@ def test_padded_points_are_labelled_and_embedded_as_zeros(processors, photos, pa
     assert sparse[0, 0, 1:3].eq(0).all() and sparse[0, 0, 0].ne(0).any()
     # transformers pads one missing point per image; with one missing point the layouts agree.
     two = dict(input_points=[[[60, 20]], [[30, 40], [5, 5]]], input_labels=[[1], [1, 0]])
-    assert_same_batch(reference(images=images, return_tensors="pt", **two), ours(images=images, return_tensors="pt", **two))
+    assert_same_batch(
+        reference(images=images, return_tensors="pt", **two), ours(images=images, return_tensors="pt", **two)
+    )
 
 
 @pytest.mark.parametrize("binarize", [True, False])
@@ -110,7 +114,9 @@ def test_post_process_masks_matches_transformers(processors, photos, binarize):
 def test_pixel_values_and_sizes_of_a_single_image_match(processors, photos):
     reference, ours = processors
     for name in ("astronaut", "coffee"):
-        assert_same_batch(reference(images=photos[name], return_tensors="pt"), ours(images=photos[name], return_tensors="pt"))
+        assert_same_batch(
+            reference(images=photos[name], return_tensors="pt"), ours(images=photos[name], return_tensors="pt")
+        )
 
 
 def test_processor_files_move_both_ways(processors, tmp_path):
