@@ -1,31 +1,40 @@
-"""Dequantizing GGML tensors with torch: whole blocks at a time, no Python loop over blocks.
+"""Dequantizing GGML tensors: native C decoders when they build here, else torch, whole blocks at a time.
 
-Each decoder takes a ``uint8`` tensor of blocks ``[n_blocks, type_size]`` and
-returns float32 values ``[n_blocks, block_size]``. The arithmetic follows the
-reference (``gguf.quants``) operation by operation, so results agree bit for
-bit in float32. Large tensors are decoded in chunks of blocks straight into an
-output tensor of the requested dtype, so the float32 temporaries stay small.
+The native decoders (:mod:`.dequant_native`: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+Q4_K, Q5_K, Q6_K) read each block once and write float32 values straight into
+the output tensor. The torch decoders (every supported type, and the fallback
+when no C compiler is present) take a ``uint8`` tensor of blocks
+``[n_blocks, type_size]`` and return float32 values ``[n_blocks, block_size]``.
+Both follow the reference (``gguf.quants``) operation by operation, so results
+agree with it bit for bit in float32. Large tensors are decoded in chunks of
+blocks straight into an output tensor of the requested dtype, so float32
+temporaries stay small.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from bestiary.errors import CheckpointError
 
+from .dequant_native import ENV_VAR as DEQUANT_ENV_VAR
+from .dequant_native import NATIVE_TYPE_IDS, load_dequant_kernels
 from .ggml_types import GGMLQuantizationType, block_layout, resolve_type
 
-__all__ = ["dequantize", "SUPPORTED_TYPES", "DEFAULT_CHUNK_ELEMENTS"]
+__all__ = ["dequantize", "native_decoder_available", "SUPPORTED_TYPES", "DEFAULT_CHUNK_ELEMENTS"]
 
 Q = GGMLQuantizationType
 BlockDecoder = Callable[[torch.Tensor], torch.Tensor]
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 22
-"""Values decoded per step (16 MB of float32 temporaries)."""
+"""Values decoded per step by the torch decoders (16 MB of float32 temporaries)."""
+
+NATIVE_CHUNK_ELEMENTS = 1 << 16
+"""Values decoded per step by the native decoders when the output is not float32 (256 KB, stays in cache)."""
 
 
 def _half(blocks: torch.Tensor, offset: int) -> torch.Tensor:
@@ -204,11 +213,17 @@ def dequantize(
     dtype: torch.dtype | None = None,
     name: str = "<unnamed>",
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    native: bool | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Return the values of a GGML tensor as a ``dtype`` tensor (float32 by default) of ``shape``.
 
     ``raw`` holds the tensor's bytes as stored in the file (any dtype; it is
-    reinterpreted as bytes). ``name`` is used in error messages.
+    reinterpreted as bytes). ``name`` is used in error messages. ``native``
+    forces (True) or forbids (False) the C decoders; by default they are used
+    when they build here. ``out``, a contiguous tensor of ``shape`` and
+    ``dtype``, receives the values instead of a new tensor. Float storage types
+    (F32, F16, BF16) converted to their own dtype return a view of ``raw``.
     """
     ggml_type = resolve_type(ggml_type)
     dtype = dtype or torch.float32
@@ -224,19 +239,91 @@ def dequantize(
             f"Tensor {name}: {data.numel()} bytes of {ggml_type.name} do not hold shape {shape} "
             f"({expected} bytes expected, blocks of {block_size} values); the file is corrupt."
         )
+    if out is not None and (tuple(out.shape) != shape or out.dtype != dtype or not out.is_contiguous()):
+        raise CheckpointError(
+            f"Tensor {name}: out= must be a contiguous {dtype} tensor of shape {shape}, "
+            f"got {out.dtype} {tuple(out.shape)}."
+        )
     if ggml_type in _FLOAT_STORAGE:
-        return data.view(_FLOAT_STORAGE[ggml_type]).to(dtype).reshape(shape)
-    return _decode_blocks(data.view(-1, type_size), _BLOCK_DECODERS[ggml_type], block_size, dtype, chunk_elements).reshape(shape)
+        values = data.view(_FLOAT_STORAGE[ggml_type]).reshape(shape)
+        return values.to(dtype) if out is None else out.copy_(values)
+    blocks = data.view(-1, type_size)
+    kernels = _native_kernels(ggml_type, native, name)
+    if kernels is not None:
+        return _decode_native(kernels, blocks, ggml_type, block_size, dtype, out, name).reshape(shape)
+    decoded = _decode_blocks(blocks, _BLOCK_DECODERS[ggml_type], block_size, dtype, chunk_elements, out)
+    return decoded.reshape(shape)
+
+
+def native_decoder_available(ggml_type: GGMLQuantizationType | str | int) -> bool:
+    """Return whether ``ggml_type`` is decoded by the native C decoders on this machine."""
+    return _native_kernels(resolve_type(ggml_type), None, "<probe>") is not None
+
+
+def _native_kernels(ggml_type: GGMLQuantizationType, native: bool | None, name: str) -> Any:
+    if native is False or ggml_type.name not in NATIVE_TYPE_IDS:
+        if native:
+            raise CheckpointError(f"Tensor {name}: no native decoder for {ggml_type.name}; pass native=None.")
+        return None
+    kernels = load_dequant_kernels()
+    if kernels is None and native:
+        raise CheckpointError(
+            f"Tensor {name}: native GGUF decoders are unavailable here (no C compiler, a failed build, "
+            f"or {DEQUANT_ENV_VAR}=torch); pass native=None to use torch."
+        )
+    return kernels
+
+
+def _decode_native(
+    kernels: Any,
+    blocks: torch.Tensor,
+    ggml_type: GGMLQuantizationType,
+    block_size: int,
+    dtype: torch.dtype,
+    out: torch.Tensor | None,
+    name: str,
+) -> torch.Tensor:
+    """Decode ``blocks`` with the C decoder into ``out`` (or a new tensor), chunk by chunk for non-float32."""
+    n_blocks, type_size = blocks.shape
+    type_id = NATIVE_TYPE_IDS[ggml_type.name]
+    threads = torch.get_num_threads()
+    blocks = blocks.contiguous()
+    result = out.view(-1) if out is not None else torch.empty(n_blocks * block_size, dtype=dtype)
+    if n_blocks == 0:
+        return result
+    if dtype == torch.float32:
+        status = kernels.dequantize(type_id, blocks.data_ptr(), n_blocks, result.data_ptr(), threads)
+    else:
+        step = max(1, NATIVE_CHUNK_ELEMENTS // block_size)
+        scratch = torch.empty(min(step, n_blocks) * block_size, dtype=torch.float32)
+        status = 0
+        for start in range(0, n_blocks, step):
+            count = min(step, n_blocks - start)
+            status |= kernels.dequantize(
+                type_id, blocks[start].data_ptr(), count, scratch.data_ptr(), threads if count >= 4096 else 1
+            )
+            result[start * block_size : (start + count) * block_size].copy_(scratch[: count * block_size])
+    if status != 0:
+        raise CheckpointError(f"Tensor {name}: the native decoder rejected GGML type {ggml_type.name}.")
+    return result
 
 
 def _decode_blocks(
-    blocks: torch.Tensor, decoder: BlockDecoder, block_size: int, dtype: torch.dtype, chunk_elements: int
+    blocks: torch.Tensor,
+    decoder: BlockDecoder,
+    block_size: int,
+    dtype: torch.dtype,
+    chunk_elements: int,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     n_blocks = blocks.shape[0]
     step = max(1, chunk_elements // block_size)
-    if n_blocks <= step:
+    if out is not None:
+        out = out.view(n_blocks, block_size)
+    elif n_blocks <= step:
         return decoder(blocks).to(dtype).reshape(-1)
-    out = torch.empty(n_blocks, block_size, dtype=dtype)
+    else:
+        out = torch.empty(n_blocks, block_size, dtype=dtype)
     for start in range(0, n_blocks, step):
         out[start : start + step] = decoder(blocks[start : start + step])
     return out.reshape(-1)
