@@ -316,3 +316,15 @@ def test_question_answering_errors(qa_tokenizer, folders):
         qa(question=["a", "b"], context=["x", "y", "z"])
     with pytest.raises(TypeError, match="unknown arguments"):
         qa(question="Who?", context="Me.", pooling="mean")
+
+
+def test_batches_need_a_pad_token_only_when_lengths_differ(folders):
+    from bestiary.auto import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folders["model"])
+    tokenizer.pad_token = None
+    extractor = pipeline("feature-extraction", model=AutoModel.from_pretrained(folders["model"]), tokenizer=tokenizer)
+    assert len(extractor("one text needs no padding", pooling="cls")) == TINY["hidden_size"]
+    assert len(extractor(["same length", "same size"], pooling="cls", batch_size=2)) == 2
+    with pytest.raises(ProcessingError, match="padding token"):
+        extractor(["short", "a much longer text than the first"], pooling="cls", batch_size=2)

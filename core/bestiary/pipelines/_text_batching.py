@@ -80,8 +80,8 @@ class TokenBatching:
         for key in items[0]:
             values = [item[key] for item in items]
             if key in TOKEN_KEYS:
-                value = self._pad_value(key)
                 rows = [row for item_value in values for row in token_rows(item_value)]
+                value = self._pad_value(key) if any(len(row) < length for row in rows) else 0
                 filler = [[value] * (length - len(row)) for row in rows]
                 padded = [row + fill if side == "right" else fill + row for row, fill in zip(rows, filler)]
                 batch[key] = torch.tensor(padded, dtype=torch.long)
