@@ -17,7 +17,7 @@ from bestiary.config import CONFIG_NAME, Config, read_config_file
 from bestiary.errors import ConfigError, NotRegisteredError
 from bestiary.hub import HubOptions, resolve_file
 from bestiary.registry import ArchitectureSpec, get_registry
-from bestiary.tasks import TASKS, TASKS_BY_NAME
+from bestiary.tasks import TASKS
 
 logger = logging.getLogger(__name__)
 

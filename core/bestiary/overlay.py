@@ -14,7 +14,7 @@ _COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 1
 
 def draw_overlay(task: str, image_source: Any, result: Any, target: str | Path) -> Path:
     """Draw ``result`` of a vision ``task`` over the image and save it as ``target`` (PNG)."""
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
 
     from bestiary.processing.image_utils import load_image
 

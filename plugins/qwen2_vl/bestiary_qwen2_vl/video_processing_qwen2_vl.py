@@ -33,7 +33,7 @@ from bestiary.hub import HubOptions, resolve_file
 from bestiary.processing.base import PREPROCESSOR_CONFIG_NAME, PROCESSOR_CONFIG_NAME, read_json_object
 from bestiary.processing.batch_feature import BatchFeature
 from bestiary.processing.image_utils import load_image, to_channels_first_tensor
-from bestiary_qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor, _fold_call_limits, patchify
+from bestiary_qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor, _fold_call_limits
 
 logger = logging.getLogger(__name__)
 
