@@ -418,40 +418,34 @@ class SamAutomaticMaskGenerator:
         at a time, so the full-resolution float logits of a whole batch never
         exist at once.
         """
-        keep = torch.ones_like(scores, dtype=torch.bool)
+        candidates = torch.arange(scores.shape[0], device=scores.device)
         if settings.pred_iou_thresh > 0.0:
-            keep &= scores > settings.pred_iou_thresh
-        index = torch.nonzero(keep).reshape(-1)
-        binary, stability = [], []
-        for start in range(0, index.numel(), UPSCALE_CHUNK):
-            full = upscale_mask_logits(
-                logits[index[start : start + UPSCALE_CHUNK]].float(), crop.padded, crop.resized, crop.size
-            )
-            stability.append(
-                mask_utils.stability_scores(full, settings.mask_threshold, settings.stability_score_offset)
-            )
-            binary.append(full > settings.mask_threshold)
+            candidates = candidates[scores > settings.pred_iou_thresh]
+        kept_index, kept_masks, kept_boxes, kept_stability = [], [], [], []
+        for start in range(0, candidates.numel(), UPSCALE_CHUNK):
+            chunk = candidates[start : start + UPSCALE_CHUNK]
+            full = upscale_mask_logits(logits[chunk].float(), crop.padded, crop.resized, crop.size)
+            stability = mask_utils.stability_scores(full, settings.mask_threshold, settings.stability_score_offset)
+            if settings.stability_score_thresh > 0.0:
+                stable = stability >= settings.stability_score_thresh
+                chunk, full, stability = chunk[stable], full[stable], stability[stable]
+            masks = full > settings.mask_threshold
             del full
-        masks = torch.cat(binary) if binary else torch.zeros((0, *crop.size), dtype=torch.bool, device=logits.device)
-        stability_scores = torch.cat(stability) if stability else torch.zeros(0, device=logits.device)
+            boxes = mask_utils.masks_to_boxes(masks)
+            inside = ~mask_utils.is_box_near_crop_edge(boxes, crop.box, crop.image_box, settings.crop_edge_tolerance)
+            kept_index.append(chunk[inside])
+            kept_masks.append(masks[inside])
+            kept_boxes.append(boxes[inside])
+            kept_stability.append(stability[inside])
+        if kept_index:
+            index, masks = torch.cat(kept_index), torch.cat(kept_masks)
+            boxes, stability_scores = torch.cat(kept_boxes), torch.cat(kept_stability)
+        else:
+            index = candidates[:0]
+            masks = torch.zeros((0, *crop.size), dtype=torch.bool, device=logits.device)
+            boxes = torch.zeros((0, 4), dtype=torch.int64, device=logits.device)
+            stability_scores = torch.zeros(0, device=logits.device)
         scores, points = scores[index], points[index.cpu()]
-        if settings.stability_score_thresh > 0.0:
-            stable = stability_scores >= settings.stability_score_thresh
-            masks, scores, stability_scores, points = (
-                masks[stable],
-                scores[stable],
-                stability_scores[stable],
-                points[stable.cpu()],
-            )
-        boxes = mask_utils.masks_to_boxes(masks)
-        inside = ~mask_utils.is_box_near_crop_edge(boxes, crop.box, crop.image_box, settings.crop_edge_tolerance)
-        masks, scores, stability_scores, points = (
-            masks[inside],
-            scores[inside],
-            stability_scores[inside],
-            points[inside.cpu()],
-        )
-        boxes = boxes[inside]
 
         x0, y0, x1, y1 = crop.box
         image_width, image_height = crop.image_box[2], crop.image_box[3]

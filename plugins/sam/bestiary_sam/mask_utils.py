@@ -65,16 +65,21 @@ def stability_scores(logits: torch.Tensor, threshold: float, offset: float) -> t
 
     The first mask is always inside the second, so the IoU is the ratio of their areas.
     """
-    inner = (logits > threshold + offset).sum(dim=(-1, -2), dtype=torch.int64)
-    outer = (logits > threshold - offset).sum(dim=(-1, -2), dtype=torch.int64)
-    return inner.to(torch.float32) / outer.to(torch.float32)
+    return _area(logits > threshold + offset).float() / _area(logits > threshold - offset).float()
+
+
+def _area(masks: torch.Tensor) -> torch.Tensor:
+    # Row sums fit in int16 for any width below 32768 and are several times faster than one int64 sum.
+    row_dtype = torch.int16 if masks.shape[-1] < 2**15 else torch.int32
+    return masks.view(torch.uint8).sum(dim=-1, dtype=row_dtype).sum(dim=-1, dtype=torch.int64)
 
 
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     """Return (..., 4) int64 XYXY boxes (inclusive) around (..., H, W) boolean masks; [0, 0, 0, 0] when empty."""
     height, width = masks.shape[-2:]
-    rows = masks.any(dim=-1)
-    cols = masks.any(dim=-2)
+    as_bytes = masks.to(torch.bool).view(torch.uint8)  # amax over bytes is much faster than any() over bools
+    rows = as_bytes.amax(dim=-1).bool()
+    cols = as_bytes.amax(dim=-2).bool()
     row_index = torch.arange(height, device=masks.device)
     col_index = torch.arange(width, device=masks.device)
     top = torch.where(rows, row_index, height).amin(dim=-1)
