@@ -123,3 +123,20 @@ def test_run_prints_json_and_writes_an_overlay(tiny_swin_classifier, tmp_path):
 def test_run_fails_cleanly_on_a_missing_model(tmp_path):
     result = bestiary("run", "image-classification", "--model", str(tmp_path / "nope"), "x.png")
     assert result.returncode == 1 and result.stderr.startswith("bestiary run: error:")
+
+
+def test_convert_to_gguf_and_back(tiny_llama, tmp_path):
+    gguf = tmp_path / "tiny-Q8_0.gguf"
+    result = bestiary("convert", str(tiny_llama), str(gguf), "--to", "gguf", "--gguf-type", "Q8_0")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(bestiary("info", str(gguf), "--json").stdout)
+    assert info["model_type"] == "llama" and info["parameters"] > 0
+    back = tmp_path / "back"
+    result = bestiary("convert", str(gguf), str(back))
+    assert result.returncode == 0, result.stderr
+    reference = transformers.LlamaForCausalLM.from_pretrained(tiny_llama)
+    converted = transformers.LlamaForCausalLM.from_pretrained(back)
+    ids = torch.tensor([[1, 7, 3, 9]])
+    with torch.no_grad():
+        difference = (reference(ids).logits - converted(ids).logits).abs().max().item()
+    assert difference < 0.05  # Q8_0 quantization error, not a layout mistake
