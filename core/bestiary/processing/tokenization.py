@@ -50,7 +50,8 @@ _BERT_INPUT_NAMES = ["input_ids", "token_type_ids", "attention_mask"]
 _CLASS_INPUT_NAMES: dict[str, list[str]] = {
     **dict.fromkeys(
         ("BertTokenizer", "ElectraTokenizer", "SqueezeBertTokenizer", "LayoutLMTokenizer", "MobileBertTokenizer",
-         "LxmertTokenizer", "ConvBertTokenizer", "MarkupLMTokenizer"),
+         "LxmertTokenizer", "ConvBertTokenizer", "MarkupLMTokenizer", "DPRQuestionEncoderTokenizer",
+         "DPRContextEncoderTokenizer"),
         _BERT_INPUT_NAMES,
     ),
     **dict.fromkeys(
@@ -60,8 +61,8 @@ _CLASS_INPUT_NAMES: dict[str, list[str]] = {
     "FNetTokenizer": ["input_ids", "token_type_ids"],
     **dict.fromkeys(
         ("PreTrainedTokenizer", "TokenizersBackend", "DistilBertTokenizer", "MPNetTokenizer", "FunnelTokenizer",
-         "RoFormerTokenizer", "RobertaTokenizer", "XLMRobertaTokenizer", "DPRQuestionEncoderTokenizer",
-         "DPRContextEncoderTokenizer", "DPRReaderTokenizer", "GPT2Tokenizer", "LlamaTokenizer", "Qwen2Tokenizer"),
+         "RoFormerTokenizer", "RobertaTokenizer", "XLMRobertaTokenizer",
+         "DPRReaderTokenizer", "GPT2Tokenizer", "LlamaTokenizer", "Qwen2Tokenizer"),
         _DEFAULT_INPUT_NAMES,
     ),
 }
