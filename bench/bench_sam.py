@@ -86,10 +86,14 @@ def best_time(run, repeats: int) -> tuple[float, object]:
 
 
 def peak_bytes(run) -> int:
+    return peak_and_result(run)[0]
+
+
+def peak_and_result(run) -> tuple[int, object]:
     gc.collect()
     with PeakTensorMemory() as meter:
-        run()
-    return meter.peak
+        result = run()
+    return meter.peak, result
 
 
 def main() -> None:
@@ -128,16 +132,19 @@ def main() -> None:
                 print(f"  {name:<14}{seconds:>10.3f}{peak / 2**20:>20.1f}{len(result['masks']):>8}")
 
         sides = (8, 16, 32) if args.quick else (8, 16, 32, 64)
-        print("\npeak tensor memory (MB) vs grid, points_per_batch=32, pred_iou_thresh=0 (every mask is upscaled)")
-        print(f"  {'points_per_side':<16}" + "".join(f"{side:>10}" for side in sides))
+        print("\npeak tensor memory (MB) vs grid, points_per_batch=32, pred_iou_thresh=0 (every mask is upscaled);")
+        print("the returned masks (bool, full size) are included in the peak and listed below it")
+        print(f"  {'points_per_side':<22}" + "".join(f"{side:>10}" for side in sides))
         for name, generator in (("transformers", theirs), ("bestiary", ours)):
-            peaks = [
-                peak_bytes(
+            rows = [
+                peak_and_result(
                     functools.partial(generator, image, points_per_crop=side, points_per_batch=32, pred_iou_thresh=0.0)
                 )
                 for side in sides
             ]
-            print(f"  {name:<16}" + "".join(f"{peak / 2**20:>10.1f}" for peak in peaks))
+            print(f"  {name + ' peak':<22}" + "".join(f"{peak / 2**20:>10.1f}" for peak, _ in rows))
+            output_mb = [len(result["masks"]) * image.width * image.height / 2**20 for _, result in rows]
+            print(f"  {'  of which output':<22}" + "".join(f"{mb:>10.1f}" for mb in output_mb))
 
         crops = dict(points_per_crop=8, points_per_batch=64, crops_n_layers=1)
         print("\nwith one crop layer (5 crops), 8x8 points per crop")

@@ -213,3 +213,36 @@ def test_input_errors_name_the_argument_and_the_fix(models):
         ours(pixel_values=data["pixel_values"], input_points=data["points"][:, :2], input_boxes=data["boxes"])
     with pytest.raises(ProcessingError, match="batch of 2"):
         ours(pixel_values=data["pixel_values"], input_points=torch.zeros(2, 1, 1, 2))
+
+
+def test_plugin_and_config_modules_import_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bestiary_sam, bestiary_sam.plugin, bestiary_sam.configuration_sam; print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_older_config_files_with_generic_keys_load():
+    """Hub SAM configs written by older transformers repeat every generic key inside each sub-config."""
+    generic = {
+        "_name_or_path": "",
+        "architectures": None,
+        "model_type": "",
+        "torch_dtype": None,
+        "return_dict": True,
+        "id2label": {"0": "LABEL_0", "1": "LABEL_1"},
+        "num_beams": 1,
+        "torchscript": False,
+    }
+    data = reference_config().to_dict()
+    for part in ("vision_config", "prompt_encoder_config", "mask_decoder_config"):
+        data[part] = {**generic, **{k: v for k, v in data[part].items() if k != "model_type"}, "model_type": ""}
+    data["initializer_factor"] = 1.0
+    config = SamConfig.from_dict(data)
+    assert config.vision_config.hidden_size == 32 and config.mask_decoder_config.num_multimask_outputs == 3
+    assert config.to_dict()["vision_config"]["num_beams"] == 1  # unknown keys survive a round trip
+    assert config.to_dict()["initializer_factor"] == 1.0
