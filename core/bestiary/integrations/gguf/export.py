@@ -35,7 +35,10 @@ def parse_target(spec: str) -> tuple[str | None, str]:
         name, tensor_type = "", name
     tensor_type = (tensor_type or "F16").upper()
     if tensor_type not in EXPORT_TYPES:
-        raise ConfigError(f"gguf={spec!r}: tensor type {tensor_type} is not writable; choose one of {EXPORT_TYPES}.")
+        raise ConfigError(
+            f"save_pretrained(gguf={spec!r}): tensor type {tensor_type} is not writable; choose one of "
+            f"{', '.join(EXPORT_TYPES)} (e.g. gguf='model.gguf:Q8_0')."
+        )
     return name or None, tensor_type
 
 
@@ -61,20 +64,52 @@ def save_model_as_gguf(model: Any, directory: str | Path, gguf: str, tokenizer: 
         metadata.update(tokenizer_metadata(tokenizer))
     else:
         metadata[f"{arch}.vocab_size"] = config.vocab_size
+    if tensor_type.startswith("Q"):
+        metadata["general.quantization_version"] = 2  # llama.cpp's current block formats
     path = Path(directory) / (name or f"model-{tensor_type}.gguf")
     write_gguf(path, arch, metadata, _tensors(model, converter, arch), tensor_type)
     logger.info("Wrote %s (%s).", path, tensor_type)
     return path
 
 
+def _tied_targets(model: Any) -> set[str]:
+    """Names of tensors that are tied to another (written once, under the source's name)."""
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if not getattr(text_config, "tie_word_embeddings", False):
+        return set()
+    return set(getattr(model, "_tied_weights_keys", {}) or {})
+
+
+def _float_state(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every saved tensor as float, with kept-quantized layers dequantized back to ``<layer>.weight``."""
+    packed = {
+        name: module
+        for name, module in model.named_modules()
+        if hasattr(module, "dequantize_weight") and "qweight" in getattr(module, "_buffers", {})
+    }
+    for name, tensor in model.state_dict().items():
+        layer, _, leaf = name.rpartition(".")
+        if layer in packed:
+            if leaf == "qweight":
+                yield f"{layer}.weight", packed[layer].dequantize_weight(torch.float32)
+            elif leaf not in ("scales", "mins"):
+                yield name, tensor
+            continue
+        yield name, tensor
+
+
 def _tensors(model: Any, converter: Any, arch: str) -> Iterator[tuple[str, torch.Tensor]]:
-    tied_targets = set(model._tied_pairs()) if hasattr(model, "_tied_pairs") else set()
-    for hf_name, tensor in model.state_dict().items():
+    tied_targets = _tied_targets(model)
+    for hf_name, tensor in _float_state(model):
         if hf_name in tied_targets:
             continue
         gguf_name = converter.gguf_tensor_name(hf_name)
         if gguf_name is None:
-            raise CheckpointError(f"No GGUF name for tensor {hf_name!r}; the {arch} converter does not map it.")
+            raise CheckpointError(
+                f"No GGUF name for tensor {hf_name!r}: the {arch} converter of the plugin does not map it, "
+                "so this model cannot be written as GGUF (save it as safetensors instead)."
+            )
         heads = converter.row_permutation(arch, hf_name, model.config)
         tensor = tensor.detach().float()
         if heads is not None:
