@@ -159,3 +159,9 @@ def test_length_settings():
         model.generate(ids, max_length=3)
     out = model.generate(ids, max_new_tokens=6, min_new_tokens=6, eos_token_id=int(model.generate(ids, max_new_tokens=1)[0, -1]))
     assert out.shape[1] == 10  # the eos id (the greedy first token) was forbidden until 6 tokens
+
+
+def test_nulls_and_legacy_cache_names_from_other_writers():
+    config = GenerationConfig.from_dict({"top_k": None, "temperature": None, "cache_implementation": "hybrid", "eos_token_id": [1, 2]})
+    assert config.top_k == 50 and config.temperature == 1.0 and config.cache_implementation is None
+    assert config.eos_token_ids == [1, 2]

@@ -99,6 +99,7 @@ class Cache:
 
     @property
     def seen_tokens(self) -> int:
+        """How many tokens the cache has seen (transformers' older name)."""
         return self.get_seq_length()
 
 

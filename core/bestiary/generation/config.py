@@ -198,9 +198,13 @@ class GenerationConfig(BaseModel):
             raise ValueError("stop_strings must be non-empty strings")
         return value
 
-    @field_validator("cache_implementation")
+    @field_validator("cache_implementation", mode="before")
     @classmethod
     def _known_cache(cls, value: str | None) -> str | None:
+        if isinstance(value, str) and value.startswith(("hybrid", "offloaded_hybrid")):
+            # transformers' checkpoints of models with sliding layers name their static hybrid cache;
+            # the model's own per-layer windows already apply, so fall back to the default cache
+            return "offloaded" if value.startswith("offloaded") else None
         if value is not None and value not in CACHE_IMPLEMENTATIONS:
             raise ValueError(f"unknown cache {value!r}; choose one of {', '.join(CACHE_IMPLEMENTATIONS)}")
         return value
@@ -367,7 +371,13 @@ class GenerationConfig(BaseModel):
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str | os.PathLike | None = None, **overrides: Any) -> "GenerationConfig":
         """Build a config from a ``generation_config.json`` dict (``overrides`` win)."""
-        merged = {k: v for k, v in {**data, **overrides}.items() if k not in _BOOKKEEPING_KEYS}
+        fields = cls.model_fields
+        merged = {
+            k: v
+            for k, v in {**data, **overrides}.items()
+            # files written by transformers 5 may hold null for "unset"; a field that takes no None keeps its default
+            if k not in _BOOKKEEPING_KEYS and not (v is None and k in fields and fields[k].default is not None)
+        }
         try:
             return cls(**merged)
         except GenerationError as exc:

@@ -239,7 +239,7 @@ class GenerationMixin:
         assisted decoding. ``streamer`` receives the prompt, then each new
         token (see :mod:`bestiary.generation.streamers`).
         """
-        run = self._start_generation(
+        plan, steps = self._start_generation(
             inputs,
             generation_config,
             logits_processor,
@@ -251,7 +251,6 @@ class GenerationMixin:
             kwargs,
             streaming=streamer is not None,
         )
-        plan, steps = run
         if streamer is not None:
             streamer.put(plan.runner.input_ids[:, plan.placeholder_length :].cpu())
         try:
@@ -339,10 +338,12 @@ class GenerationMixin:
         stacked = torch.stack(list(scores), dim=0)  # [steps, rows(*beams), vocab]
         if normalize_logits:
             stacked = stacked.float().log_softmax(dim=-1)
-        steps = stacked.shape[0]
         if beam_indices is None:
+            steps = stacked.shape[0]
             beam_indices = torch.arange(stacked.shape[1], device=stacked.device)[:, None].expand(-1, steps)
-        beam_indices = beam_indices[:, :steps]
+        else:
+            steps = int((beam_indices >= 0).sum(dim=-1).max())
+            beam_indices = beam_indices[:, :steps]
         valid = beam_indices >= 0
         rows = beam_indices.clamp(min=0)
         tokens = sequences[:, sequences.shape[1] - steps :]

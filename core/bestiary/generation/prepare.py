@@ -56,14 +56,17 @@ class GenerationPlan:
 
     @property
     def device(self) -> torch.device:
+        """Device of the token buffers."""
         return self.runner.sequences.device
 
     @property
     def record_scores(self) -> bool:
+        """Whether processed scores are returned."""
         return self.config.return_dict_in_generate and self.config.output_scores
 
     @property
     def record_logits(self) -> bool:
+        """Whether raw logits are returned."""
         return self.config.return_dict_in_generate and self.config.output_logits
 
 

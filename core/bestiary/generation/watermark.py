@@ -81,6 +81,7 @@ class WatermarkLogitsProcessor(LogitsProcessor):
 
     @classmethod
     def from_config(cls, config: WatermarkingConfig, vocab_size: int, device: torch.device | str) -> "WatermarkLogitsProcessor":
+        """The processor for ``config`` over a vocabulary of ``vocab_size`` tokens."""
         return cls(vocab_size, config, device)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:

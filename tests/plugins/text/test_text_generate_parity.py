@@ -150,6 +150,13 @@ def test_beam_search(pairs, settings, eos_bias):
     torch.testing.assert_close(expected.sequences_scores, got.sequences_scores, atol=1e-5, rtol=0)
     for a, b in zip(expected.scores, got.scores):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    reference, ours = pairs["llama"]
+    torch.testing.assert_close(
+        ours.compute_transition_scores(got.sequences, got.scores, got.beam_indices),
+        reference.compute_transition_scores(expected.sequences, expected.scores, expected.beam_indices),
+        atol=1e-5,
+        rtol=0,
+    )
 
 
 def test_beam_sampling_and_sampling_with_top_k_one(pairs):
