@@ -165,3 +165,12 @@ def test_nulls_and_legacy_cache_names_from_other_writers():
     config = GenerationConfig.from_dict({"top_k": None, "temperature": None, "cache_implementation": "hybrid", "eos_token_id": [1, 2]})
     assert config.top_k == 50 and config.temperature == 1.0 and config.cache_implementation is None
     assert config.eos_token_ids == [1, 2]
+
+
+def test_generation_config_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, bestiary; bestiary.GenerationConfig(max_new_tokens=3); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
