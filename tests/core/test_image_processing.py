@@ -275,7 +275,8 @@ def test_channel_order_override_and_errors(caplog):
 URL = "https://example.invalid/cat.png"
 
 
-def test_url_offline_error_names_the_url(photos):
+def test_url_offline_error_names_the_url(photos, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the first half checks a failed fetch, so fetching is on
     processor = ImageProcessor()
     failure = urllib.error.URLError("network is unreachable")
     with mock.patch.object(image_utils, "_http_get", side_effect=failure) as fetch:
