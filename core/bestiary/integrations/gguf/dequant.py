@@ -33,6 +33,10 @@ BlockDecoder = Callable[[torch.Tensor], torch.Tensor]
 DEFAULT_CHUNK_ELEMENTS = 1 << 22
 """Values decoded per step by the torch decoders (16 MB of float32 temporaries)."""
 
+DECODE_THREADS: int | None = 1
+"""Threads of the native decoders (None: ``torch.get_num_threads()``). Decoding is bound by memory
+and page faults; on a busy 2-core machine a second thread made loading SmolLM2 1.8x slower."""
+
 NATIVE_CHUNK_ELEMENTS = 1 << 16
 """Values decoded per step by the native decoders when the output is not float32 (256 KB, stays in cache)."""
 
@@ -286,7 +290,7 @@ def _decode_native(
     """Decode ``blocks`` with the C decoder into ``out`` (or a new tensor), chunk by chunk for non-float32."""
     n_blocks, type_size = blocks.shape
     type_id = NATIVE_TYPE_IDS[ggml_type.name]
-    threads = torch.get_num_threads()
+    threads = DECODE_THREADS if DECODE_THREADS is not None else torch.get_num_threads()
     blocks = blocks.contiguous()
     result = out.view(-1) if out is not None else torch.empty(n_blocks * block_size, dtype=dtype)
     if n_blocks == 0:
