@@ -174,3 +174,10 @@ def test_generation_config_imports_without_torch():
     code = "import sys, bestiary; bestiary.GenerationConfig(max_new_tokens=3); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_tokenizer_outputs_can_be_passed_whole():
+    model = tiny_llama()
+    ids = prompt(4)
+    encoded = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    assert torch.equal(model.generate(**encoded, max_new_tokens=3), model.generate(ids, max_new_tokens=3))

@@ -98,6 +98,8 @@ def split_kwargs(model: Any, kwargs: dict[str, Any]) -> tuple[dict[str, Any], di
     accepted |= {"input_ids", "inputs_embeds", "attention_mask", "encoder_outputs", "decoder_input_ids", "decoder_attention_mask"}
     accepted |= {*_CACHE_ARGUMENTS, getattr(model, "main_input_name", "input_ids")}
     accepted |= set(getattr(model, "_extra_generation_inputs", ()))
+    if "token_type_ids" in model_kwargs and "token_type_ids" not in accepted:
+        model_kwargs.pop("token_type_ids")  # tokenizers often return it; this model has no use for it
     unknown = [name for name in model_kwargs if name not in accepted]
     if unknown:
         hints = []
