@@ -1,9 +1,8 @@
 """Native (C) block decoders for GGUF loading: dequantize to float32, repack for kept-quantized layers.
 
-The C source below is compiled once per machine with the same compiler, flags
-and cache folder as the matmul kernels of :mod:`.native` (whose helpers it
-calls), loaded with ``ctypes``, and used by :func:`.dequant.dequantize` and by
-the GGUF loader. Anything that goes wrong (no compiler, a failed build)
+The C source below is compiled once per machine by :mod:`bestiary.native`,
+loaded with ``ctypes``, and used by :func:`.dequant.dequantize` and by the
+GGUF loader. Anything that goes wrong (no compiler, a failed build)
 returns ``None`` and the callers use plain torch.
 
 Arithmetic follows ``gguf.quants`` operation by operation (compiled with
@@ -16,13 +15,12 @@ bit-identical to the reference.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
-import subprocess
-import tempfile
 import threading
 from pathlib import Path
+
+from bestiary.native import compile_library
 
 __all__ = ["load_dequant_kernels", "DequantKernels", "NATIVE_TYPE_IDS", "ENV_VAR"]
 
@@ -276,43 +274,5 @@ def load_dequant_kernels() -> DequantKernels | None:
 
 
 def _load() -> DequantKernels | None:
-    import torch  # torch's OpenMP runtime must be loaded before ours resolves libgomp
-
-    try:
-        from . import native
-    except ImportError as error:  # the matmul kernels' module is optional for decoding
-        logger.info("GGUF native decoders unavailable (%s); using torch.", error)
-        return None
-    compiler = native._compiler()
-    if compiler is None:
-        logger.info("No C compiler found (set CC); GGUF tensors are decoded with torch.")
-        return None
-    flags = native.DEFAULT_FLAGS
-    fingerprint = "\n".join(
-        [SOURCE, " ".join(flags), native._compiler_version(compiler), native._machine_fingerprint(), torch.__version__]
-    )
-    target = native.cache_dir() / "kernels" / f"gguf_dequant_{hashlib.sha256(fingerprint.encode()).hexdigest()[:20]}.so"
-    try:
-        if not target.exists():
-            logger.info("Compiling GGUF decoders into %s", target)
-            _build(compiler, flags, target, native.BUILD_TIMEOUT_S)
-        kernels = DequantKernels(ctypes.CDLL(str(target)), target)
-    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
-        logger.warning("GGUF native decoders unavailable (%s); using torch.", error)
-        return None
-    logger.debug("Loaded %r", kernels)
-    return kernels
-
-
-def _build(compiler: str, flags: tuple[str, ...], target: Path, timeout: float) -> None:
-    """Compile :data:`SOURCE` into ``target`` atomically (another process may build the same file)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as work:
-        source = Path(work) / "bestiary_gguf_dequant.c"
-        source.write_text(SOURCE, encoding="utf-8")
-        output = Path(work) / target.name
-        command = [compiler, *flags, str(source), "-o", str(output)]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr.strip()[:2000]}")
-        os.replace(output, target)
+    built = compile_library("gguf_dequant", SOURCE)
+    return None if built is None else DequantKernels(*built)
