@@ -15,8 +15,9 @@ for Q4_1) and the values:
 
 ``x`` is float32 ``[M, K]``, ``out`` float32 ``[M, N]``; ``out[m, n]`` is the dot
 product of row ``m`` of ``x`` with dequantized row ``n`` of the weight, summed
-block by block in float32: ``scale_b * sum_j q_j x_j`` (+ ``offset_b * sum_j x_j``,
-where the offset is the Q4_1 minimum, or ``-8 * scale_b`` for Q4_0 when decoding).
+block by block in float32: ``scale_b * sum_j q_j x_j`` (+ ``min_b * sum_j x_j`` for
+Q4_1; Q4_0 values are centred, ``q - 8``). Single rows (decoding) are served by
+:mod:`bestiary.nn.matvec_source` instead.
 
 With AVX2+FMA+F16C (x86-64 since 2013) the inner loops use intrinsics; other
 machines get portable C that the compiler vectorizes as it can.
@@ -146,94 +147,6 @@ static inline __m256 bq_dot_block(const __m256* w, const float* x) {
     return _mm256_add_ps(s, t);
 }
 
-/* Decoding, Q8_0: rows n and n+1 together, sharing the loads of x. */
-static void bq_pair_q8(const int8_t* r0, const int8_t* r1, const float* d0, const float* d1, int64_t nb,
-                       const float* x, float* out0, float* out1) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-        __m256 w[4], v[4];
-        bq_load_block(0, (const uint8_t*)r0, b, w);
-        bq_load_block(0, (const uint8_t*)r1, b, v);
-        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(d0 + b), bq_dot_block(w, x + b * 32), a0);
-        a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(d1 + b), bq_dot_block(v, x + b * 32), a1);
-    }
-    *out0 = bq_hsum(a0);
-    *out1 = bq_hsum(a1);
-}
-
-/* Decoding, Q4: one row; xp is x with value 8v+L of each 64-group divided by 16**(v % 4). */
-static inline float bq_row_q4_interleaved(const uint32_t* words, const float* d, int64_t groups, const float* xp) {
-    const __m256i m0 = _mm256_set1_epi32(0xF), m1 = _mm256_set1_epi32(0xF0);
-    const __m256i m2 = _mm256_set1_epi32(0xF00), m3 = _mm256_set1_epi32(0xF000);
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t g = 0; g < groups; ++g) {
-        const float* xg = xp + g * 64;
-        __m256i lo = _mm256_loadu_si256((const __m256i*)(words + g * 8)), hi = _mm256_srli_epi32(lo, 16);
-        __m256 s = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(lo, m0)), _mm256_loadu_ps(xg));
-        __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(lo, m1)), _mm256_loadu_ps(xg + 8));
-        s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(lo, m2)), _mm256_loadu_ps(xg + 16), s);
-        t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(lo, m3)), _mm256_loadu_ps(xg + 24), t);
-        __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(hi, m0)), _mm256_loadu_ps(xg + 32));
-        __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(hi, m1)), _mm256_loadu_ps(xg + 40));
-        u = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(hi, m2)), _mm256_loadu_ps(xg + 48), u);
-        v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(hi, m3)), _mm256_loadu_ps(xg + 56), v);
-        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(d + 2 * g), _mm256_add_ps(s, t), acc);
-        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(d + 2 * g + 1), _mm256_add_ps(u, v), acc);
-    }
-    return bq_hsum(acc);
-}
-
-/* Decoding (M == 1). */
-static int bq_matvec(int kind, const float* x, int64_t K, const void* values, const uint16_t* scales,
-                     const uint16_t* mins, int64_t N, float* out, int nthreads) {
-    const bq_shape g = bq_geometry(kind, K);
-    float *xs = NULL, *xp = NULL;
-    if (kind != 0) {
-        xs = bq_block_sums(x, 1, K, g.params);
-        xp = (float*)calloc((size_t)(64 * g.groups), sizeof(float));
-        if (!xs || !xp) { free(xs); free(xp); return -1; }
-        static const float unscale[4] = {1.f, 1.f / 16.f, 1.f / 256.f, 1.f / 4096.f};
-        for (int64_t k = 0; k < K; ++k) xp[k] = x[k] * unscale[(k % 64) / 8 % 4];
-    }
-    #pragma omp parallel num_threads(nthreads)
-    {
-        float* params = (float*)malloc(sizeof(float) * (size_t)(4 * g.params + 8));
-        if (params) {
-            float *d0 = params, *d1 = params + g.params, *m0 = params + 2 * g.params;
-            #pragma omp for schedule(static)
-            for (int64_t pair = 0; pair < (N + 1) / 2; ++pair) {
-                int64_t n = pair * 2, second = n + 1 < N ? n + 1 : n;
-                float spare, *out1 = second != n ? out + second : &spare;
-                const uint8_t* base = (const uint8_t*)values;
-                bq_halves(scales + n * g.params, d0, g.params);
-                bq_halves(scales + second * g.params, d1, g.params);
-                if (kind == 0) {
-                    bq_pair_q8((const int8_t*)(base + n * g.row_bytes), (const int8_t*)(base + second * g.row_bytes),
-                               d0, d1, g.nb, x, out + n, out1);
-                    continue;
-                }
-                for (int r = 0; r < 2; ++r) {
-                    int64_t row = r ? second : n;
-                    const float* d = r ? d1 : d0;
-                    float total = bq_row_q4_interleaved((const uint32_t*)(base + row * g.row_bytes), d, g.groups, xp);
-                    float offset = 0.f;
-                    if (kind == 2) {
-                        bq_halves(mins + row * g.params, m0, g.params);
-                        for (int64_t b = 0; b < g.nb; ++b) offset += m0[b] * xs[b];
-                    } else {
-                        for (int64_t b = 0; b < g.nb; ++b) offset += d[b] * xs[b];
-                        offset *= -8.f;
-                    }
-                    *(r ? out1 : out + n) = total + offset;
-                }
-            }
-            free(params);
-        }
-    }
-    free(xs);
-    free(xp);
-    return 0;
-}
 #endif
 
 /* Rows of x in tiles of up to BQ_TILE against one weight row. */
@@ -279,9 +192,6 @@ static void bq_row(int kind, const uint8_t* row, const float* d, const float* mi
    kind: 0 = Q8_0, 1 = Q4_0, 2 = Q4_1. */
 int bq_matmul(int kind, const float* x, int64_t M, int64_t K, const void* values, const uint16_t* scales,
               const uint16_t* mins, int64_t N, float* out, int nthreads) {
-#ifdef BQ_AVX2
-    if (M == 1) return bq_matvec(kind, x, K, values, scales, mins, N, out, nthreads);
-#endif
     const bq_shape g = bq_geometry(kind, K);
     float* xs = kind == 2 ? bq_block_sums(x, M, K, g.params) : NULL;
     if (kind == 2 && !xs) return -1;

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from bestiary.errors import CheckpointError, ConfigError, WeightShapeError
+from bestiary.nn.projection import native_project
 
 from .ggml_types import GGMLQuantizationType, block_layout, resolve_type
 from .kernels import KINDS, dequantize_packed, kernel_backend, pack_q4_values, packed_matmul
@@ -128,6 +129,8 @@ class QuantizedLinear(_PackedWeight):
     The output has the input's dtype; the product is accumulated in float32.
     """
 
+    native_matvec = True  # bestiary.nn.projection may read the packed buffers directly
+
     def __init__(
         self,
         in_features: int,
@@ -173,6 +176,9 @@ class QuantizedLinear(_PackedWeight):
             raise WeightShapeError(
                 f"QuantizedLinear expects inputs with {self.in_features} features, got shape {tuple(shape)}."
             )
+        fast = native_project(x, (self,))
+        if fast is not None:
+            return fast[0]
         buffers = self._buffers  # direct dict reads: nn.Module.__getattr__ costs microseconds per token
         out = packed_matmul(x.reshape(-1, shape[-1]), self._kind, buffers["qweight"], buffers["scales"], buffers["mins"])
         bias = self._parameters.get("bias")

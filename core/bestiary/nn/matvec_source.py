@@ -1,0 +1,235 @@
+"""C source of the decoding matrix-vector kernels (compiled on first use by :mod:`bestiary.native`).
+
+``bm_matvec`` multiplies one float32 row ``x[K]`` by several weight matrices in
+one call, writing their outputs one after the other into ``out``. Each matrix
+is a float32 ``[rows, K]`` array or a block-quantized GGUF weight packed as
+:mod:`bestiary.integrations.gguf.quantized_linear` keeps it:
+
+- Q8_0: int8 values ``[rows, K]``, float16 scales ``[rows, K / 32]``.
+- Q4_0 / Q4_1: each 64-value group is eight uint32 words; nibble ``v`` of word
+  ``L`` holds value ``8v + L`` of the group, so one AND with ``0xF << 4v`` puts
+  eight values in eight 32-bit lanes (scaled by ``16**(v % 4)``, which the
+  kernel divides out of ``x`` beforehand: exact powers of two). Float16 scales
+  (and Q4_1 minimums) ``[rows, 2 * groups]``; odd block counts are padded with
+  a zero block.
+
+Rows are dealt to the threads in contiguous tiles across all matrices, so
+small projections (q/k/v of one layer) share one parallel region. Products
+are accumulated in float32 block by block: ``sum_b scale_b * sum_j q_j x_j``
+(+ ``offset_b * sum_j x_j``, the Q4_1 minimum or ``-8 * scale_b`` for Q4_0).
+Needs AVX2, FMA and F16C (:func:`bm_supported` says whether they were compiled in).
+"""
+
+MATVEC_SOURCE = r"""
+#include <stdint.h>
+#include <stdlib.h>
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define BM_AVX2 1
+#endif
+
+enum { BM_Q8_0 = 0, BM_Q4_0 = 1, BM_Q4_1 = 2, BM_F32 = 3 };
+#define BM_TILE 4
+
+typedef struct {
+    int64_t kind, rows;
+    const void* values;
+    const uint16_t* scales;
+    const uint16_t* mins;
+    const float* bias;
+} bm_matrix;
+
+int bm_supported(void) {
+#ifdef BM_AVX2
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+#ifdef BM_AVX2
+static inline float bm_hsum(__m256 v) {
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+    return _mm_cvtss_f32(lo);
+}
+
+/* Shared per-call views of x: xp (x with the Q4 nibble scales divided out) and block sums xs. */
+typedef struct { const float *x, *xp, *xs; int64_t K, nb, groups, params; } bm_input;
+
+/* ---- float32: up to four rows at once, sharing the loads of x ---- */
+static void bm_tile_f32(const float* w, int64_t rows, const bm_input* in, float* out) {
+    const int64_t K = in->K, K8 = K & ~(int64_t)7;
+    const float* x = in->x;
+    if (rows == BM_TILE) {
+        const float *w0 = w, *w1 = w + K, *w2 = w + 2 * K, *w3 = w + 3 * K;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t k = 0; k < K8; k += 8) {
+            __m256 xv = _mm256_loadu_ps(x + k);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k), xv, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + k), xv, a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + k), xv, a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + k), xv, a3);
+        }
+        out[0] = bm_hsum(a0); out[1] = bm_hsum(a1); out[2] = bm_hsum(a2); out[3] = bm_hsum(a3);
+    } else {
+        for (int64_t r = 0; r < rows; ++r) {
+            __m256 a = _mm256_setzero_ps();
+            for (int64_t k = 0; k < K8; k += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(w + r * K + k), _mm256_loadu_ps(x + k), a);
+            out[r] = bm_hsum(a);
+        }
+    }
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t k = K8; k < K; ++k) out[r] += w[r * K + k] * x[k];
+}
+
+/* ---- Q8_0: two rows at once ---- */
+static inline __m256 bm_i8x8(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)); }
+
+static inline __m256 bm_dot_q8_block(const int8_t* q, const __m256* xv) {
+    __m128i a = _mm_loadu_si128((const __m128i*)q), c = _mm_loadu_si128((const __m128i*)(q + 16));
+    __m256 s = _mm256_mul_ps(bm_i8x8(a), xv[0]);
+    __m256 t = _mm256_mul_ps(bm_i8x8(_mm_srli_si128(a, 8)), xv[1]);
+    s = _mm256_fmadd_ps(bm_i8x8(c), xv[2], s);
+    t = _mm256_fmadd_ps(bm_i8x8(_mm_srli_si128(c, 8)), xv[3], t);
+    return _mm256_add_ps(s, t);
+}
+
+static void bm_tile_q8(const bm_matrix* m, int64_t row, int64_t rows, const bm_input* in, float* out) {
+    const int64_t K = in->K, nb = in->nb;
+    for (int64_t r = 0; r < rows; r += 2) {
+        const int64_t r1 = r + 1 < rows ? r + 1 : r;
+        const int8_t *q0 = (const int8_t*)m->values + (row + r) * K, *q1 = (const int8_t*)m->values + (row + r1) * K;
+        const uint16_t *d0 = m->scales + (row + r) * nb, *d1 = m->scales + (row + r1) * nb;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; ++b) {
+            __m256 xv[4];
+            for (int i = 0; i < 4; ++i) xv[i] = _mm256_loadu_ps(in->x + b * 32 + 8 * i);
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(d0[b])), bm_dot_q8_block(q0 + b * 32, xv), a0);
+            a1 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(d1[b])), bm_dot_q8_block(q1 + b * 32, xv), a1);
+        }
+        out[r] = bm_hsum(a0);
+        if (r1 != r) out[r1] = bm_hsum(a1);
+    }
+}
+
+/* ---- Q4_0 / Q4_1: two rows at once ---- */
+static inline __m256 bm_nibbles(__m256i words, __m256i mask, const float* x) {
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(words, mask)), _mm256_loadu_ps(x));
+}
+
+/* sum_b p[b] * xs[b] over the block parameters p (float16) of one row. */
+static inline float bm_param_dot(const uint16_t* p, const float* xs, int64_t count) {
+    __m256 acc = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 8 <= count; b += 8)
+        acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + b))), _mm256_loadu_ps(xs + b), acc);
+    float total = bm_hsum(acc);
+    for (; b < count; ++b) total += _cvtsh_ss(p[b]) * xs[b];
+    return total;
+}
+
+static inline __m256 bm_q4_group(__m256i lo, const float* xg, __m256 d_lo, __m256 d_hi, __m256 acc) {
+    const __m256i m0 = _mm256_set1_epi32(0xF), m1 = _mm256_set1_epi32(0xF0);
+    const __m256i m2 = _mm256_set1_epi32(0xF00), m3 = _mm256_set1_epi32(0xF000);
+    __m256i hi = _mm256_srli_epi32(lo, 16);
+    __m256 s = _mm256_add_ps(bm_nibbles(lo, m0, xg), bm_nibbles(lo, m1, xg + 8));
+    __m256 t = _mm256_add_ps(bm_nibbles(lo, m2, xg + 16), bm_nibbles(lo, m3, xg + 24));
+    __m256 u = _mm256_add_ps(bm_nibbles(hi, m0, xg + 32), bm_nibbles(hi, m1, xg + 40));
+    __m256 v = _mm256_add_ps(bm_nibbles(hi, m2, xg + 48), bm_nibbles(hi, m3, xg + 56));
+    acc = _mm256_fmadd_ps(d_lo, _mm256_add_ps(s, t), acc);
+    return _mm256_fmadd_ps(d_hi, _mm256_add_ps(u, v), acc);
+}
+
+static void bm_tile_q4(const bm_matrix* m, int64_t row, int64_t rows, const bm_input* in, float* out) {
+    const int64_t groups = in->groups, params = in->params;
+    for (int64_t r = 0; r < rows; r += 2) {
+        const int64_t r1 = r + 1 < rows ? r + 1 : r;
+        const uint32_t *w0 = (const uint32_t*)m->values + (row + r) * 8 * groups;
+        const uint32_t *w1 = (const uint32_t*)m->values + (row + r1) * 8 * groups;
+        const uint16_t *d0 = m->scales + (row + r) * params, *d1 = m->scales + (row + r1) * params;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (int64_t g = 0; g < groups; ++g) {
+            const float* xg = in->xp + g * 64;
+            a0 = bm_q4_group(_mm256_loadu_si256((const __m256i*)(w0 + g * 8)), xg,
+                             _mm256_set1_ps(_cvtsh_ss(d0[2 * g])), _mm256_set1_ps(_cvtsh_ss(d0[2 * g + 1])), a0);
+            a1 = bm_q4_group(_mm256_loadu_si256((const __m256i*)(w1 + g * 8)), xg,
+                             _mm256_set1_ps(_cvtsh_ss(d1[2 * g])), _mm256_set1_ps(_cvtsh_ss(d1[2 * g + 1])), a1);
+        }
+        float o0 = bm_hsum(a0), o1 = bm_hsum(a1);
+        if (m->kind == BM_Q4_1) {
+            o0 += bm_param_dot(m->mins + (row + r) * params, in->xs, params);
+            o1 += bm_param_dot(m->mins + (row + r1) * params, in->xs, params);
+        } else {
+            o0 -= 8.f * bm_param_dot(d0, in->xs, params);
+            o1 -= 8.f * bm_param_dot(d1, in->xs, params);
+        }
+        out[r] = o0;
+        if (r1 != r) out[r1] = o1;
+    }
+}
+
+static void bm_tile(const bm_matrix* m, int64_t row, int64_t rows, const bm_input* in, float* out) {
+    if (m->kind == BM_F32) bm_tile_f32((const float*)m->values + row * in->K, rows, in, out);
+    else if (m->kind == BM_Q8_0) bm_tile_q8(m, row, rows, in, out);
+    else bm_tile_q4(m, row, rows, in, out);
+    if (m->bias)
+        for (int64_t r = 0; r < rows; ++r) out[r] += m->bias[row + r];
+}
+
+/* The Q4 views of x; returns NULL when out of memory. */
+static float* bm_prepare(const float* x, int64_t K, bm_input* in) {
+    in->x = x; in->K = K; in->nb = K / 32; in->groups = (in->nb + 1) / 2; in->params = 2 * in->groups;
+    float* scratch = (float*)calloc((size_t)(64 * in->groups + in->params + 8), sizeof(float));
+    if (!scratch) return NULL;
+    float *xp = scratch, *xs = scratch + 64 * in->groups;
+    static const float unscale[4] = {1.f, 1.f / 16.f, 1.f / 256.f, 1.f / 4096.f};
+    for (int64_t b = 0; b < in->nb; ++b) {
+        float s = 0.f;
+        for (int j = 0; j < 32; ++j) s += x[b * 32 + j];
+        xs[b] = s;
+    }
+    for (int64_t k = 0; k < 32 * in->nb; ++k) xp[k] = x[k] * unscale[(k % 64) / 8 % 4];
+    in->xp = xp; in->xs = xs;
+    return scratch;
+}
+#endif
+
+/* out = concatenation over matrices of (W_i @ x + bias_i). Returns 0; -1 when out of memory;
+   -2 when this build has no AVX2 kernels. */
+int bm_matvec(const float* x, int64_t K, const bm_matrix* mats, int64_t count, float* out, int nthreads) {
+#ifdef BM_AVX2
+    int quantized = 0;
+    int64_t tiles = 0;
+    for (int64_t i = 0; i < count; ++i) {
+        quantized |= mats[i].kind != BM_F32;
+        tiles += (mats[i].rows + BM_TILE - 1) / BM_TILE;
+    }
+    bm_input in = {x, x, NULL, K, K / 32, 0, 0};
+    float* scratch = NULL;
+    if (quantized && !(scratch = bm_prepare(x, K, &in))) return -1;
+    #pragma omp parallel num_threads(nthreads)
+    {
+        int64_t matrix = 0, first_tile = 0, offset = 0;
+        #pragma omp for schedule(static)
+        for (int64_t t = 0; t < tiles; ++t) {
+            while (t - first_tile >= (mats[matrix].rows + BM_TILE - 1) / BM_TILE) {
+                first_tile += (mats[matrix].rows + BM_TILE - 1) / BM_TILE;
+                offset += mats[matrix].rows;
+                ++matrix;
+            }
+            int64_t row = (t - first_tile) * BM_TILE;
+            int64_t rows = mats[matrix].rows - row < BM_TILE ? mats[matrix].rows - row : BM_TILE;
+            bm_tile(&mats[matrix], row, rows, &in, out + offset + row);
+        }
+    }
+    free(scratch);
+    return 0;
+#else
+    (void)x; (void)K; (void)mats; (void)count; (void)out; (void)nthreads;
+    return -2;
+#endif
+}
+"""
