@@ -86,14 +86,15 @@ static void bm_tile_f32(const float* w, int64_t rows, const bm_input* in, float*
 }
 
 /* ---- Q8_0: two rows at once ---- */
-static inline __m256 bm_i8x8(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)); }
+static inline __m256 bm_q8x8(const int8_t* q) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)q)));
+}
 
 static inline __m256 bm_dot_q8_block(const int8_t* q, const __m256* xv) {
-    __m128i a = _mm_loadu_si128((const __m128i*)q), c = _mm_loadu_si128((const __m128i*)(q + 16));
-    __m256 s = _mm256_mul_ps(bm_i8x8(a), xv[0]);
-    __m256 t = _mm256_mul_ps(bm_i8x8(_mm_srli_si128(a, 8)), xv[1]);
-    s = _mm256_fmadd_ps(bm_i8x8(c), xv[2], s);
-    t = _mm256_fmadd_ps(bm_i8x8(_mm_srli_si128(c, 8)), xv[3], t);
+    __m256 s = _mm256_mul_ps(bm_q8x8(q), xv[0]);
+    __m256 t = _mm256_mul_ps(bm_q8x8(q + 8), xv[1]);
+    s = _mm256_fmadd_ps(bm_q8x8(q + 16), xv[2], s);
+    t = _mm256_fmadd_ps(bm_q8x8(q + 24), xv[3], t);
     return _mm256_add_ps(s, t);
 }
 

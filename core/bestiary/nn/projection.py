@@ -79,96 +79,95 @@ def native_matvec_available() -> bool:
 class _Plan:
     """The ctypes description of a fixed tuple of layers, valid while their tensors stay put."""
 
-    def __init__(self, layers: Sequence[nn.Module], tensors: list[torch.Tensor | None]) -> None:
+    def __init__(self, layers: Sequence[nn.Module], tensors: list[tuple[dict, str, torch.Tensor | None]]) -> None:
+        self.layers = tuple(weakref.ref(layer) for layer in layers)
         self.in_features = layers[0].in_features
         self.sizes = [layer.out_features for layer in layers]
         self.total = sum(self.sizes)
         self.work = self.total * self.in_features
-        self.pointers = _pointers(tensors)
+        # (owner dict, key, tensor, data pointer) for every tensor the kernel reads: checked on each call,
+        # so a replaced or moved weight rebuilds the plan instead of being read at a stale address.
+        self.watched = [(owner, key, t, t.data_ptr()) for owner, key, t in tensors if t is not None]
         self.matrices = (_Matrix * len(layers))()
-        for slot, layer, (values, scales, mins, bias) in zip(self.matrices, layers, _groups_of_four(tensors)):
-            slot.kind = KIND_F32 if values.dtype is torch.float32 else _quantized_kind(layer)
+        for index, (slot, layer) in enumerate(zip(self.matrices, layers)):
+            values, scales, mins, bias = (t for _, _, t in tensors[4 * index : 4 * index + 4])
+            slot.kind = KIND_F32 if values.dtype is torch.float32 else layer._kind  # QuantizedLinear's kind
             slot.rows = layer.out_features
             slot.values, slot.scales, slot.mins, slot.bias = (_ptr(t) for t in (values, scales, mins, bias))
+
+    def still_valid(self, layers: Sequence[nn.Module]) -> bool:
+        for ref, layer in zip(self.layers, layers):
+            if ref() is not layer or layer._forward_hooks or layer._forward_pre_hooks:
+                return False
+        return all(owner.get(key) is t and t.data_ptr() == ptr for owner, key, t, ptr in self.watched)
 
 
 def _ptr(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
-def _pointers(tensors: list[torch.Tensor | None]) -> tuple[int | None, ...]:
-    return tuple(_ptr(t) for t in tensors)
+def _usable(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> bool:
+    return tensor.device.type == "cpu" and tensor.is_contiguous() and (dtype is None or tensor.dtype is dtype)
 
 
-def _groups_of_four(items: list) -> list[tuple]:
-    return [tuple(items[i : i + 4]) for i in range(0, len(items), 4)]
-
-
-def _quantized_kind(layer: nn.Module) -> int:
-    return layer._kind  # QuantizedLinear's native kind (Q8_0 0, Q4_0 1, Q4_1 2)
-
-
-def _layer_tensors(layer: nn.Module, in_features: int) -> tuple[torch.Tensor | None, ...] | None:
-    """``(values, scales, mins, bias)`` of a layer the kernel can read, or None."""
+def _layer_tensors(layer: nn.Module, in_features: int) -> list[tuple[dict, str, torch.Tensor | None]] | None:
+    """``(owner, key, tensor)`` for values, scales, mins and bias of a layer the kernel can read, or None."""
     if layer._forward_hooks or layer._forward_pre_hooks or layer.in_features != in_features:
         return None
     params, buffers = layer._parameters, layer._buffers
     bias = params.get("bias")
-    if bias is not None and (bias.dtype is not torch.float32 or bias.device.type != "cpu" or not bias.is_contiguous()):
+    if bias is not None and not _usable(bias, torch.float32):
         return None
     if type(layer) is nn.Linear:
         weight = params["weight"]
-        if weight.dtype is not torch.float32 or weight.device.type != "cpu" or not weight.is_contiguous():
+        if not _usable(weight, torch.float32):
             return None
-        return weight, None, None, bias
-    if getattr(type(layer), "native_matvec", False):
-        values = buffers["qweight"]
-        if values.device.type != "cpu" or not values.is_contiguous():
-            return None
-        return values, buffers["scales"], buffers["mins"], bias
+        return [(params, "weight", weight), (params, "", None), (params, "", None), (params, "bias", bias)]
+    if getattr(type(layer), "native_matvec", False) and _usable(buffers["qweight"]):
+        return [(buffers, key, buffers[key]) for key in ("qweight", "scales", "mins")] + [(params, "bias", bias)]
     return None
 
 
-_plans: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], _Plan | None]]" = weakref.WeakKeyDictionary()
+_plans: dict[tuple[int, ...], _Plan] = {}
+_MAX_PLANS = 4096
 
 
 def _plan_for(layers: Sequence[nn.Module], in_features: int) -> _Plan | None:
-    tensors: list[torch.Tensor | None] = []
+    key = tuple(map(id, layers))
+    plan = _plans.get(key)
+    if plan is not None and plan.in_features == in_features and plan.still_valid(layers):
+        return plan
+    tensors: list[tuple[dict, str, torch.Tensor | None]] = []
     for layer in layers:
         found = _layer_tensors(layer, in_features)
         if found is None:
             return None
         tensors.extend(found)
-    by_layers = _plans.get(layers[0])
-    if by_layers is None:
-        by_layers = _plans[layers[0]] = {}
-    key = tuple(id(layer) for layer in layers)
-    plan = by_layers.get(key)
-    if plan is None or plan.pointers != _pointers(tensors):
-        plan = by_layers[key] = _Plan(layers, tensors)
+    if len(_plans) >= _MAX_PLANS:  # plans of freed models: start over rather than grow without bound
+        _plans.clear()
+    plan = _plans[key] = _Plan(layers, tensors)
     return plan
-
-
-def _fast_path_applies(x: torch.Tensor) -> bool:
-    return (
-        x.dtype is torch.float32
-        and x.device.type == "cpu"
-        and x.shape[-1] == x.numel()
-        and x.is_contiguous()
-        and not (torch.is_grad_enabled() and x.requires_grad)
-        and not torch.compiler.is_compiling()
-    )
 
 
 _global_hooks = (
     nn.modules.module._global_forward_hooks,
     nn.modules.module._global_forward_pre_hooks,
 )
+_is_compiling = torch.compiler.is_compiling
 
 
 def native_project(x: torch.Tensor, layers: Sequence[nn.Module]) -> tuple[torch.Tensor, ...] | None:
     """The native path of :func:`project`; None where it does not apply."""
-    if not _fast_path_applies(x) or any(_global_hooks) or (torch.is_grad_enabled() and _needs_grad(layers)):
+    if (
+        x.dtype is not torch.float32
+        or x.device.type != "cpu"
+        or x.shape[-1] != x.numel()
+        or not x.is_contiguous()
+        or _is_compiling()
+        or any(_global_hooks)
+    ):
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or _needs_grad(layers)):
         return None
     library = _library if _library is not None else _load_library()
     if library is None:
@@ -176,15 +175,12 @@ def native_project(x: torch.Tensor, layers: Sequence[nn.Module]) -> tuple[torch.
     plan = _plan_for(layers, x.shape[-1])
     if plan is None:
         return None
-    out = torch.empty(plan.total)
+    out = torch.empty(*x.shape[:-1], plan.total)
     threads = torch.get_num_threads() if plan.work >= PARALLEL_MIN_WORK else 1
     status = library.bm_matvec(x.data_ptr(), plan.in_features, plan.matrices, len(plan.sizes), out.data_ptr(), threads)
     if status != 0:
         raise MemoryError("the native matvec kernel could not allocate its scratch memory")
-    lead = x.shape[:-1]
-    if len(plan.sizes) == 1:
-        return (out.view(*lead, plan.total),)
-    return tuple(part.view(*lead, size) for part, size in zip(out.split(plan.sizes), plan.sizes))
+    return (out,) if len(plan.sizes) == 1 else out.split(plan.sizes, -1)
 
 
 def _needs_grad(layers: Sequence[nn.Module]) -> bool:
