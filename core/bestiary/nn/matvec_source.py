@@ -30,6 +30,7 @@ MATVEC_SOURCE = r"""
 
 enum { BM_Q8_0 = 0, BM_Q4_0 = 1, BM_Q4_1 = 2, BM_F32 = 3 };
 #define BM_TILE 4
+#define BM_PREFETCH_ROWS 4
 
 typedef struct {
     int64_t kind, rows;
@@ -67,6 +68,12 @@ static void bm_tile_f32(const float* w, int64_t rows, const bm_input* in, float*
         const float *w0 = w, *w1 = w + K, *w2 = w + 2 * K, *w3 = w + 3 * K;
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         for (int64_t k = 0; k < K8; k += 8) {
+            if (k % 16 == 0) {
+                _mm_prefetch((const char*)(w0 + BM_PREFETCH_ROWS * K + k), _MM_HINT_T0);
+                _mm_prefetch((const char*)(w1 + BM_PREFETCH_ROWS * K + k), _MM_HINT_T0);
+                _mm_prefetch((const char*)(w2 + BM_PREFETCH_ROWS * K + k), _MM_HINT_T0);
+                _mm_prefetch((const char*)(w3 + BM_PREFETCH_ROWS * K + k), _MM_HINT_T0);
+            }
             __m256 xv = _mm256_loadu_ps(x + k);
             a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k), xv, a0);
             a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + k), xv, a1);
@@ -106,6 +113,8 @@ static void bm_tile_q8(const bm_matrix* m, int64_t row, int64_t rows, const bm_i
         const uint16_t *d0 = m->scales + (row + r) * nb, *d1 = m->scales + (row + r1) * nb;
         __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb; ++b) {
+            _mm_prefetch((const char*)(q0 + BM_PREFETCH_ROWS * K + b * 32), _MM_HINT_T0);
+            _mm_prefetch((const char*)(q1 + BM_PREFETCH_ROWS * K + b * 32), _MM_HINT_T0);
             __m256 xv[4];
             for (int i = 0; i < 4; ++i) xv[i] = _mm256_loadu_ps(in->x + b * 32 + 8 * i);
             a0 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(d0[b])), bm_dot_q8_block(q0 + b * 32, xv), a0);
@@ -154,6 +163,8 @@ static void bm_tile_q4(const bm_matrix* m, int64_t row, int64_t rows, const bm_i
         __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
         for (int64_t g = 0; g < groups; ++g) {
             const float* xg = in->xp + g * 64;
+            _mm_prefetch((const char*)(w0 + (BM_PREFETCH_ROWS * groups + g) * 8), _MM_HINT_T0);
+            _mm_prefetch((const char*)(w1 + (BM_PREFETCH_ROWS * groups + g) * 8), _MM_HINT_T0);
             a0 = bm_q4_group(_mm256_loadu_si256((const __m256i*)(w0 + g * 8)), xg,
                              _mm256_set1_ps(_cvtsh_ss(d0[2 * g])), _mm256_set1_ps(_cvtsh_ss(d0[2 * g + 1])), a0);
             a1 = bm_q4_group(_mm256_loadu_si256((const __m256i*)(w1 + g * 8)), xg,
