@@ -144,3 +144,35 @@ def test_environment_switch_turns_native_path_off(monkeypatch: pytest.MonkeyPatc
     with torch.no_grad():
         assert native_project(torch.randn(1, 32), layers) is None
         assert project(torch.randn(1, 32), layers)[0].shape == (1, 16)
+
+
+def test_compiled_graph_calls_the_native_operator() -> None:
+    torch.manual_seed(2)
+    layers = [
+        nn.Linear(64, 32, bias=True),
+        QuantizedLinear.from_float(torch.randn(48, 64), "Q4_1"),
+        QuantizedLinear.from_float(torch.randn(16, 64), "Q8_0"),
+    ]
+    graphs = []
+
+    def capture(graph_module: torch.fx.GraphModule, example_inputs: list) -> object:
+        graphs.append(str(graph_module.graph))
+        return graph_module.forward
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        a, b, c = project(x, layers)
+        return torch.cat([a.relu(), b, c], dim=-1)
+
+    assert native_matvec_available()
+    torch._dynamo.reset()
+    x = torch.randn(1, 1, 64)
+    with torch.no_grad():
+        compiled = torch.compile(step, backend=capture, fullgraph=True)
+        got = compiled(x)
+        expected = torch.cat(
+            [nn.functional.linear(x, layers[0].weight, layers[0].bias).relu()]
+            + [x @ layer.dequantize_weight().T for layer in layers[1:]],
+            dim=-1,
+        )
+    assert any("bestiary.matvec" in graph for graph in graphs)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)

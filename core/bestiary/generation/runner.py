@@ -259,6 +259,10 @@ def compiled_decode_step(model: Any, options: dict[str, Any] | None = None):
     steps = model.__dict__.setdefault("_bestiary_compiled_decode_steps", {})
     step = steps.get(key)
     if step is None:
+        if _on_cpu(model):
+            from bestiary.nn.projection import native_matvec_available
+
+            native_matvec_available()  # compiled graphs call the native projections only if already loaded
 
         def decode(inputs: dict[str, Any]) -> torch.Tensor:
             return model(**inputs).logits

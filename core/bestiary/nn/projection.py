@@ -72,7 +72,10 @@ def _load_library() -> ctypes.CDLL | None:
 
 
 def native_matvec_available() -> bool:
-    """Whether the native decoding kernels are built and usable on this machine."""
+    """Whether the native decoding kernels are built and usable on this machine (builds them if needed).
+
+    Call it before ``torch.compile`` of a decode step: compiled graphs use the kernels only if loaded.
+    """
     return _load_library() is not None
 
 
@@ -189,5 +192,78 @@ def _needs_grad(layers: Sequence[nn.Module]) -> bool:
 
 def project(x: torch.Tensor, layers: Sequence[nn.Module]) -> tuple[torch.Tensor, ...]:
     """Return ``layer(x)`` for each of ``layers`` (one native call when decoding one row)."""
-    out = native_project(x, layers)
+    out = _traced_project(x, layers) if _is_compiling() else native_project(x, layers)
     return out if out is not None else tuple(layer(x) for layer in layers)
+
+
+# ---------------------------------------------------------------- inside torch.compile
+#
+# A graph being compiled cannot call ctypes, so the kernel is registered as a custom operator that
+# inductor calls as an opaque kernel; the rest of the decode step (norms, rotary, attention) is
+# still fused around it. The operator receives the tensors themselves and builds (and caches) its
+# ctypes description from their addresses at run time.
+
+_SCALES, _MINS, _BIAS = 1, 2, 4
+
+
+def _traced_project(x: torch.Tensor, layers: Sequence[nn.Module]) -> tuple[torch.Tensor, ...] | None:
+    if x.dtype is not torch.float32 or x.device.type != "cpu" or x.shape[-1] != x.numel() or torch.is_grad_enabled():
+        return None
+    if _library is None:  # loading cannot happen while tracing: call native_matvec_available() before compiling
+        return None
+    tensors: list[torch.Tensor] = []
+    kinds: list[int] = []
+    flags: list[int] = []
+    for layer in layers:
+        found = _layer_tensors(layer, x.shape[-1])
+        if found is None:
+            return None
+        (values, scales, mins, bias) = (t for _, _, t in found)
+        kinds.append(KIND_F32 if values.dtype is torch.float32 else layer._kind)
+        flags.append((_SCALES if scales is not None else 0) | (_MINS if mins is not None else 0) | (_BIAS if bias is not None else 0))
+        tensors.extend(t for t in (values, scales, mins, bias) if t is not None)
+    sizes = [layer.out_features for layer in layers]
+    out = torch.ops.bestiary.matvec(x.reshape(-1), tensors, kinds, flags, sizes)
+    out = out.view(*x.shape[:-1], sum(sizes))
+    return (out,) if len(sizes) == 1 else out.split(sizes, -1)
+
+
+_op_plans: dict[tuple[int, ...], ctypes.Array] = {}
+
+
+def _op_matrices(x: torch.Tensor, tensors: list[torch.Tensor], kinds: list[int], flags: list[int], sizes: list[int]):
+    key = (*kinds, *flags, *sizes, *(t.data_ptr() for t in tensors))
+    matrices = _op_plans.get(key)
+    if matrices is None:
+        if len(_op_plans) >= _MAX_PLANS:
+            _op_plans.clear()
+        matrices = _op_plans[key] = (_Matrix * len(kinds))()
+        remaining = iter(tensors)
+        for slot, kind, flag, rows in zip(matrices, kinds, flags, sizes):
+            slot.kind, slot.rows, slot.values = kind, rows, next(remaining).data_ptr()
+            slot.scales = next(remaining).data_ptr() if flag & _SCALES else None
+            slot.mins = next(remaining).data_ptr() if flag & _MINS else None
+            slot.bias = next(remaining).data_ptr() if flag & _BIAS else None
+    return matrices
+
+
+@torch.library.custom_op("bestiary::matvec", mutates_args=())
+def _matvec_op(
+    x: torch.Tensor, tensors: list[torch.Tensor], kinds: list[int], flags: list[int], sizes: list[int]
+) -> torch.Tensor:
+    """One row ``x`` times each weight described by ``tensors``/``kinds``/``flags``, outputs concatenated."""
+    library = _load_library()
+    x = x.contiguous()
+    out = torch.empty(sum(sizes))
+    threads = torch.get_num_threads() if sum(sizes) * x.shape[0] >= PARALLEL_MIN_WORK else 1
+    matrices = _op_matrices(x, tensors, kinds, flags, sizes)
+    if library is None or library.bm_matvec(x.data_ptr(), x.shape[0], matrices, len(kinds), out.data_ptr(), threads):
+        raise RuntimeError("the native matvec kernel is unavailable or could not allocate its scratch memory")
+    return out
+
+
+@_matvec_op.register_fake
+def _matvec_fake(
+    x: torch.Tensor, tensors: list[torch.Tensor], kinds: list[int], flags: list[int], sizes: list[int]
+) -> torch.Tensor:
+    return x.new_empty(sum(sizes))
