@@ -126,7 +126,7 @@ def _layer_tensors(layer: nn.Module, in_features: int) -> list[tuple[dict, str, 
         if not _usable(weight, torch.float32):
             return None
         return [(params, "weight", weight), (params, "", None), (params, "", None), (params, "bias", bias)]
-    if getattr(type(layer), "native_matvec", False) and _usable(buffers["qweight"]):
+    if getattr(layer, "native_matvec", False) and _usable(buffers["qweight"]):
         return [(buffers, key, buffers[key]) for key in ("qweight", "scales", "mins")] + [(params, "bias", bias)]
     return None
 
@@ -161,12 +161,13 @@ _is_compiling = torch.compiler.is_compiling
 
 def native_project(x: torch.Tensor, layers: Sequence[nn.Module]) -> tuple[torch.Tensor, ...] | None:
     """The native path of :func:`project`; None where it does not apply."""
+    if _is_compiling():
+        return _traced_project(x, layers)
     if (
         x.dtype is not torch.float32
         or x.device.type != "cpu"
         or x.shape[-1] != x.numel()
         or not x.is_contiguous()
-        or _is_compiling()
         or any(_global_hooks)
     ):
         return None
@@ -192,7 +193,7 @@ def _needs_grad(layers: Sequence[nn.Module]) -> bool:
 
 def project(x: torch.Tensor, layers: Sequence[nn.Module]) -> tuple[torch.Tensor, ...]:
     """Return ``layer(x)`` for each of ``layers`` (one native call when decoding one row)."""
-    out = _traced_project(x, layers) if _is_compiling() else native_project(x, layers)
+    out = native_project(x, layers)
     return out if out is not None else tuple(layer(x) for layer in layers)
 
 

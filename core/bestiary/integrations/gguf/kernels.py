@@ -35,6 +35,7 @@ __all__ = [
     "BACKENDS",
     "NATIVE_MAX_ROWS",
     "kernel_backend",
+    "native_backend_active",
     "set_kernel_backend",
     "quantized_matmul",
     "packed_matmul",
@@ -94,6 +95,11 @@ def kernel_backend() -> str:
         _native_kernels = load_native_kernels() if resolved == "native" else None
         _resolved = resolved
         return resolved
+
+
+def native_backend_active() -> bool:
+    """Whether the resolved backend is ``"native"`` (so single rows may use :mod:`bestiary.nn.projection`)."""
+    return _native_kernels is not None
 
 
 def _native() -> NativeKernels:

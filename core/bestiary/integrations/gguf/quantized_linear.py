@@ -28,7 +28,7 @@ from bestiary.errors import CheckpointError, ConfigError, WeightShapeError
 from bestiary.nn.projection import native_project
 
 from .ggml_types import GGMLQuantizationType, block_layout, resolve_type
-from .kernels import KINDS, dequantize_packed, kernel_backend, pack_q4_values, packed_matmul
+from .kernels import KINDS, dequantize_packed, kernel_backend, native_backend_active, pack_q4_values, packed_matmul
 from .quantizer import quantize
 
 __all__ = [
@@ -129,7 +129,10 @@ class QuantizedLinear(_PackedWeight):
     The output has the input's dtype; the product is accumulated in float32.
     """
 
-    native_matvec = True  # bestiary.nn.projection may read the packed buffers directly
+    @property
+    def native_matvec(self) -> bool:
+        """Whether :mod:`bestiary.nn.projection` may read the packed buffers (the "native" kernel backend)."""
+        return native_backend_active()
 
     def __init__(
         self,
@@ -176,7 +179,7 @@ class QuantizedLinear(_PackedWeight):
             raise WeightShapeError(
                 f"QuantizedLinear expects inputs with {self.in_features} features, got shape {tuple(shape)}."
             )
-        fast = native_project(x, (self,))
+        fast = native_project(x, (self,)) if native_backend_active() else None
         if fast is not None:
             return fast[0]
         buffers = self._buffers  # direct dict reads: nn.Module.__getattr__ costs microseconds per token
