@@ -191,6 +191,10 @@ def prepare_generation(
         if config.compile_decode and implementation is None:
             implementation = "static"
         cache_length = max(max_length, config.max_cache_len or 0)
+        if config.compile_decode and not config.max_cache_len:
+            # Compiled steps are specialised to the cache length: round it up so calls with other
+            # max_new_tokens reuse the compiled step instead of compiling again.
+            cache_length = -(-cache_length // COMPILED_CACHE_BUCKET) * COMPILED_CACHE_BUCKET
         cache = create_cache(implementation, model=model, max_cache_len=cache_length, options=config.cache_config)
     if is_encoder_decoder and cache is not None and not isinstance(cache, EncoderDecoderCache):
         cache = EncoderDecoderCache(cache, DynamicCache())
@@ -390,6 +394,10 @@ def _expand_output(output: Any, expand: int, batch: int) -> Any:
             v.repeat_interleave(expand, dim=0) if isinstance(v, torch.Tensor) and v.shape[0] == batch else v for v in output
         )
     return output
+
+
+COMPILED_CACHE_BUCKET = 256
+"""Static caches of compiled decode steps get a multiple of this many slots (unless max_cache_len is set)."""
 
 
 def _max_length(model: Any, config: GenerationConfig, user_set: set[str], prompt_length: int) -> int:
