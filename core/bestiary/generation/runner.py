@@ -227,7 +227,7 @@ class ModelRunner:
         step = compiled_decode_step(self.model, self.compile_options)
         # Views into the growing sequence buffers have strides that depend on max_length; contiguous
         # copies (a few integers) keep the compiled step's guards independent of it.
-        inputs = {key: value.contiguous() if isinstance(value, torch.Tensor) else value for key, value in inputs.items()}
+        inputs = {key: _fresh(value) if isinstance(value, torch.Tensor) else value for key, value in inputs.items()}
         mask, slots = inputs.get("attention_mask"), getattr(cache, "max_cache_len", None)
         if mask is not None and slots and mask.shape[-1] < slots:
             # The same for the padding mask: stretched to the cache's slots (later slots are empty or in
@@ -235,6 +235,11 @@ class ModelRunner:
             inputs["attention_mask"] = torch.nn.functional.pad(mask, (0, slots - mask.shape[-1]), value=1)
         logits = step(inputs)
         return _LogitsOnly(logits, cache)
+
+
+def _fresh(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy with standard strides (``contiguous()`` keeps a view whose size-1 dims have odd strides)."""
+    return tensor.clone(memory_format=torch.contiguous_format)
 
 
 class _LogitsOnly:
