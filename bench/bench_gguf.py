@@ -5,6 +5,9 @@ memory start from zero), ``--repeats`` times, medians reported:
 
 - ``dequant``: bestiary, weights dequantized to float32 (``from_pretrained(gguf_file=)``)
 - ``quantized``: bestiary, Q8_0/Q4_1 weights kept packed (``keep_quantized=True``)
+- ``quantized-compiled``: the same, decoding with a static cache and a compiled
+  decode step (``cache_implementation="static", compile_decode=True``); a short
+  warm-up generation compiles first (timed separately; inductor caches it on disk)
 - ``transformers``: transformers' own GGUF load (dequantizes to float32; needs gguf + accelerate)
 - ``llamacpp``: llama.cpp through llama-cpp-python, if importable by ``--llama-python``
   (default: this interpreter, or ``$BESTIARY_LLAMA_PYTHON``)
@@ -34,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 PROMPT = "What is the capital of France?"
-MODES = ("dequant", "quantized", "transformers", "llamacpp")
+MODES = ("dequant", "quantized", "quantized-compiled", "transformers", "llamacpp")
 
 
 # ---------------------------------------------------------------- worker side (fresh process)
@@ -93,7 +96,7 @@ def _torch_worker(mode: str, path: Path, threads: int, new_tokens: int) -> dict[
     torch.set_num_threads(threads)
     result: dict[str, Any] = {"import_s": time.perf_counter() - start, "rss_before_mib": _status("VmRSS")}
     kwargs: dict[str, Any] = {"gguf_file": path.name}
-    if mode == "quantized":
+    if mode.startswith("quantized"):
         kwargs["keep_quantized"] = True
     if mode == "transformers":
         kwargs["dtype"] = torch.float32
@@ -110,10 +113,17 @@ def _torch_worker(mode: str, path: Path, threads: int, new_tokens: int) -> dict[
         [{"role": "user", "content": PROMPT}], add_generation_prompt=True, return_dict=True, return_tensors="pt"
     )
     clock = _Clock(encoded["input_ids"].shape[1])
+    settings: dict[str, Any] = {}
+    if mode == "quantized-compiled":
+        settings = {"cache_implementation": "static", "compile_decode": True}
     with torch.inference_mode():
+        if settings:
+            wall = time.perf_counter()
+            model.generate(**encoded, max_new_tokens=3, do_sample=False, **settings)
+            result["compile_s"] = time.perf_counter() - wall
         begin = time.perf_counter()
         output = model.generate(
-            **encoded, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, streamer=clock
+            **encoded, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, streamer=clock, **settings
         )
     result.update(_decode_stats(begin, clock.times))
     result["answer"] = tokenizer.decode(output[0, encoded["input_ids"].shape[1] :][:12], skip_special_tokens=True)
@@ -198,6 +208,7 @@ ROWS: list[tuple[str, str, Callable[[float], str]]] = [
     ("  growth from the load (MiB)", "load_growth_mib", "{:.0f}".format),
     ("peak RSS during load, VmHWM (MiB)", "hwm_load_mib", "{:.0f}".format),
     ("peak RSS after decoding, VmHWM (MiB)", "hwm_mib", "{:.0f}".format),
+    ("compile warm-up (s)", "compile_s", "{:.1f}".format),
     ("prefill + first token (s)", "prefill_s", "{:.3f}".format),
     ("decode (tokens/s)", "decode_tok_s", "{:.1f}".format),
 ]
@@ -253,12 +264,12 @@ def main() -> None:
                              f"decode {run['decode_tok_s']:.1f} tok/s answer {run['answer']!r}\n")
 
     width = max(len(label) for label, _, _ in ROWS) + 2
-    header = "".join(f"{mode:>14}" for mode in modes)
+    header = "".join(f"{mode:>20}" for mode in modes)
     lines = [f"SmolLM2-135M-Instruct Q4_1 GGUF ({path.stat().st_size / 2**20:.0f} MiB), "
              f"{args.threads} threads, {args.new_tokens} new tokens, median of {args.repeats}",
              f"{'':<{width}}{header}"]
     for label, key, fmt in ROWS:
-        lines.append(f"{label:<{width}}" + "".join(f"{fmt(_median(runs[mode], key)):>14}" for mode in modes))
+        lines.append(f"{label:<{width}}" + "".join(f"{fmt(_median(runs[mode], key)):>20}" for mode in modes))
     if "dequant" in runs and "quantized" in runs:
         fp32 = _median(runs["dequant"], "load_growth_mib")
         packed = _median(runs["quantized"], "load_growth_mib")
@@ -266,6 +277,11 @@ def main() -> None:
         lines.append(
             f"kept-quantized / fp32 peak RSS: {_median(runs['quantized'], 'hwm_mib') / _median(runs['dequant'], 'hwm_mib'):.2f}x"
         )
+    if "transformers" in runs:
+        reference = _median(runs["transformers"], "decode_tok_s")
+        for mode in modes:
+            if mode != "transformers":
+                lines.append(f"decode {mode} / transformers: {_median(runs[mode], 'decode_tok_s') / reference:.2f}x")
     sys.stdout.write("\n".join(lines) + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=2) + "\n", encoding="utf-8")
