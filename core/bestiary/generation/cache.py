@@ -141,12 +141,14 @@ class DynamicCache(Cache):
         if layer_idx > len(self._keys):
             raise IndexError(f"Cache layers must be filled in order; got layer {layer_idx} with {len(self._keys)} stored.")
         start = self._lengths[layer_idx] if layer_idx < len(self._keys) else 0
-        end = start + key.shape[2]
+        new = key.shape[2]
+        end = start + new
         self._ensure_capacity(layer_idx, key, value, end)
-        self._keys[layer_idx][:, :, start:end] = key
-        self._values[layer_idx][:, :, start:end] = value
+        keys, values = self._keys[layer_idx], self._values[layer_idx]
+        keys.narrow(2, start, new).copy_(key)  # (narrow: cheaper than slice assignment, once per layer and token)
+        values.narrow(2, start, new).copy_(value)
         self._lengths[layer_idx] = end
-        return self._keys[layer_idx][:, :, :end], self._values[layer_idx][:, :, :end]
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
 
     def key_positions(self, layer_idx: int, cache_position: torch.Tensor) -> torch.Tensor:
         total = self.get_seq_length(layer_idx) + cache_position.shape[0]

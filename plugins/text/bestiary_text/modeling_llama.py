@@ -18,7 +18,8 @@ from bestiary.modeling import PreTrainedModel
 from bestiary.nn.activations import get_activation
 from bestiary.nn.attention import AttentionMask, attend, build_attention_mask
 from bestiary.nn.norms import RMSNorm
-from bestiary.nn.rope import RotaryEmbedding, apply_rotary
+from bestiary.nn.projection import project
+from bestiary.nn.rope import RotaryEmbedding, RotaryFactors, rotary_factors, rotate
 from bestiary.outputs import (
     BaseModelOutputWithPast,
     CausalLMOutputWithPast,
@@ -27,6 +28,11 @@ from bestiary.outputs import (
     TokenClassifierOutput,
 )
 from bestiary_text.configuration_llama import LlamaConfig
+
+
+def linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """``layer(x)``, through :func:`~bestiary.nn.projection.project` (one native matrix-vector call when decoding)."""
+    return project(x, (layer,))[0]
 
 
 class LlamaMLP(nn.Module):
@@ -41,7 +47,8 @@ class LlamaMLP(nn.Module):
         self.act_fn = get_activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = project(x, (self.gate_proj, self.up_proj))
+        return linear(self.act_fn(gate) * up, self.down_proj)
 
 
 class LlamaAttention(nn.Module):
@@ -69,17 +76,16 @@ class LlamaAttention(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        rotary: RotaryFactors,
         mask: AttentionMask,
         cache: Cache | None,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, _ = hidden_states.shape
-        query = self.q_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)
-        cos, sin = position_embeddings
-        query, key = apply_rotary(query, key, cos, sin)
+        query, key, value = project(hidden_states, (self.q_proj, self.k_proj, self.v_proj))
+        query = rotate(query.view(batch, length, -1, self.head_dim).transpose(1, 2), rotary)
+        key = rotate(key.view(batch, length, -1, self.head_dim).transpose(1, 2), rotary)
+        value = value.view(batch, length, -1, self.head_dim).transpose(1, 2)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
         output, weights = attend(
@@ -91,7 +97,7 @@ class LlamaAttention(nn.Module):
             dropout=self.attention_dropout if self.training else 0.0,
             eager=output_attentions or self.attn_implementation == "eager",
         )
-        return self.o_proj(output.reshape(batch, length, -1)), weights
+        return linear(output.reshape(batch, length, -1), self.o_proj), weights
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -109,14 +115,12 @@ class LlamaDecoderLayer(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        rotary: RotaryFactors,
         mask: AttentionMask,
         cache: Cache | None,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attended, weights = self.self_attn(
-            self.input_layernorm(hidden_states), position_embeddings, mask, cache, output_attentions
-        )
+        attended, weights = self.self_attn(self.input_layernorm(hidden_states), rotary, mask, cache, output_attentions)
         hidden_states = hidden_states + attended
         hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
         return hidden_states, weights
@@ -169,20 +173,18 @@ class LlamaModel(LlamaPreTrainedModel):
         cache: Cache | None,
         dtype: torch.dtype,
     ) -> list[AttentionMask]:
-        """One mask per layer, built once per distinct (window, key layout)."""
-        built: dict[tuple, AttentionMask] = {}
+        """One mask per layer, built once per (window, number of keys) unless the cache's layers differ in layout."""
+        per_layer = getattr(cache, "per_layer_positions", False)
+        built: dict[tuple[int | None, int], AttentionMask] = {}
         masks = []
         for layer_idx in range(len(self.layers)):
             window = self.layer_sliding_window(layer_idx)
-            if cache is not None:
-                key_positions = cache.key_positions(layer_idx, cache_position)
-            else:
-                key_positions = cache_position
-            # Under torch.compile the first position is not read (a host sync breaks the graph); caches whose
-            # layers differ in layout set per_layer_positions, so sharing by (window, length) stays exact.
-            first = int(key_positions[0]) if key_positions.numel() and not torch.compiler.is_compiling() else 0
-            signature = (window, key_positions.shape[0], first)
-            if signature not in built or getattr(cache, "per_layer_positions", False):
+            # Every layer asks (the cache contract), but only the shape is compared: layers of a cache without
+            # per_layer_positions hold the same key slots when they have as many, and reading a value would
+            # cost a host sync per layer (and break a compiled graph).
+            key_positions = cache.key_positions(layer_idx, cache_position) if cache is not None else cache_position
+            signature = (window, key_positions.shape[0])
+            if signature not in built or per_layer:
                 built[signature] = build_attention_mask(
                     attention_mask, cache_position, key_positions, dtype, sliding_window=window
                 )
@@ -223,13 +225,13 @@ class LlamaModel(LlamaPreTrainedModel):
             position_ids = cache_position.unsqueeze(0)
         masks = self._layer_masks(attention_mask, cache_position, past, inputs_embeds.dtype)
         hidden_states = inputs_embeds
-        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        rotary = rotary_factors(*self.rotary_emb(hidden_states, position_ids))
         all_hidden: list[torch.Tensor] = []
         all_attentions: list[torch.Tensor] = []
         for layer, mask in zip(self.layers, masks):
             if output_hidden_states:
                 all_hidden.append(hidden_states)
-            hidden_states, weights = layer(hidden_states, position_embeddings, mask, past, output_attentions)
+            hidden_states, weights = layer(hidden_states, rotary, mask, past, output_attentions)
             if output_attentions:
                 all_attentions.append(weights)
         hidden_states = self.norm(hidden_states)
@@ -299,7 +301,7 @@ class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
             kept = hidden_states[:, -logits_to_keep:, :] if logits_to_keep > 0 else hidden_states
         else:
             kept = hidden_states[:, logits_to_keep, :]
-        logits = self.lm_head(kept)
+        logits = linear(kept, self.lm_head)
         loss = None
         if labels is not None:
             loss = causal_lm_loss(logits, labels)
