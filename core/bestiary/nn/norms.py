@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -16,10 +18,14 @@ class RMSNorm(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         weight = self.weight
-        if hidden_states.dtype is torch.float32 and weight.dtype is torch.float32:
-            # One call computing the formula below bit for bit (in float32 only), at two thirds of its
-            # cost: this runs twice per layer for every decoded token.
-            return torch.rms_norm(hidden_states, weight.shape, weight, self.variance_epsilon)
+        float32 = hidden_states.dtype is torch.float32 and weight.dtype is torch.float32
+        if float32 and not torch.compiler.is_compiling():
+            # The formula below, bit for bit, in 8 tensor operations where torch.rms_norm takes 24 (its
+            # mean and eps are Python numbers, each converted to a tensor on every call); this runs twice
+            # per layer for every decoded token. (Compiled graphs fuse the formula below anyway.)
+            size, eps = _float32_scalar(hidden_states.shape[-1]), _float32_scalar(self.variance_epsilon)
+            mean_square = (hidden_states * hidden_states).sum(-1, keepdim=True).div_(size)
+            return hidden_states * mean_square.add_(eps).rsqrt_() * weight
         input_dtype = hidden_states.dtype
         hidden_states = hidden_states.to(torch.float32)
         variance = hidden_states.pow(2).mean(-1, keepdim=True)
@@ -28,3 +34,10 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
+
+
+@functools.lru_cache(maxsize=64)
+def _float32_scalar(value: float) -> torch.Tensor:
+    """``value`` as a 0-dim float32 CPU tensor (usable with tensors on any device, and by autograd)."""
+    with torch.inference_mode(False):
+        return torch.tensor(value, dtype=torch.float32, device="cpu")

@@ -16,7 +16,7 @@ from bestiary.generation.cache import Cache, DynamicCache
 from bestiary.generation.mixin import GenerationMixin
 from bestiary.modeling import PreTrainedModel
 from bestiary.nn.activations import get_activation
-from bestiary.nn.attention import AttentionMask, attend, build_attention_mask
+from bestiary.nn.attention import AttentionMask, attend, build_attention_mask, split_heads
 from bestiary.nn.norms import RMSNorm
 from bestiary.nn.projection import project
 from bestiary.nn.rope import RotaryEmbedding, RotaryFactors, rotary_factors, rotate
@@ -83,9 +83,9 @@ class LlamaAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, _ = hidden_states.shape
         query, key, value = project(hidden_states, (self.q_proj, self.k_proj, self.v_proj))
-        query = rotate(query.view(batch, length, -1, self.head_dim).transpose(1, 2), rotary)
-        key = rotate(key.view(batch, length, -1, self.head_dim).transpose(1, 2), rotary)
-        value = value.view(batch, length, -1, self.head_dim).transpose(1, 2)
+        query = rotate(split_heads(query, self.head_dim), rotary)
+        key = rotate(split_heads(key, self.head_dim), rotary)
+        value = split_heads(value, self.head_dim)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
         output, weights = attend(
@@ -97,7 +97,7 @@ class LlamaAttention(nn.Module):
             dropout=self.attention_dropout if self.training else 0.0,
             eager=output_attentions or self.attn_implementation == "eager",
         )
-        return linear(output.reshape(batch, length, -1), self.o_proj), weights
+        return linear(output.view(batch, length, -1), self.o_proj), weights
 
 
 class LlamaDecoderLayer(nn.Module):
