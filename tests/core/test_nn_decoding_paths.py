@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from bestiary.nn.attention import AttentionMask, attend, repeat_kv
 from bestiary.nn.norms import RMSNorm
-from bestiary.nn.rope import apply_rotary, rotary_factors, rotate, rotate_half
+from bestiary.nn.rope import apply_rotary, rotary_factors, rotate, rotate_half, rotate_heads
 
 
 def plain_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -59,6 +59,17 @@ def test_rotation_matches_rotate_half(length, rotary_dim):
     q, k = apply_rotary(x, x[:, :3], cos, sin)
     torch.testing.assert_close(q, expected, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(k, expected[:, :3], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("length", [1, 5])
+def test_rotate_heads_splits_and_rotates_projections(length):
+    torch.manual_seed(0)
+    cos, sin = torch.randn(2, length, 16), torch.randn(2, length, 16)
+    projections = torch.randn(2, length, 7 * 16 + 5)[..., : 7 * 16]  # a slice of a wider output, as project() gives
+    heads = projections.reshape(2, length, 7, 16).transpose(1, 2)
+    rotated = rotate_heads(projections, 16, rotary_factors(cos, sin))
+    assert rotated.shape == (2, 7, length, 16)
+    torch.testing.assert_close(rotated, plain_rotary(heads, cos, sin), rtol=1e-6, atol=1e-6)
 
 
 def test_decoding_factors_carry_a_rotation_matrix_only_for_one_float32_position():

@@ -114,7 +114,8 @@ class DynamicCache(Cache):
         self._keys: list[torch.Tensor] = []
         self._values: list[torch.Tensor] = []
         self._lengths: list[int] = []
-        self._positions: torch.Tensor | None = None
+        self._positions: torch.Tensor | None = None  # 0, 1, 2... with room to grow
+        self._positions_view: torch.Tensor | None = None  # the last key_positions answer
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -152,11 +153,15 @@ class DynamicCache(Cache):
 
     def key_positions(self, layer_idx: int, cache_position: torch.Tensor) -> torch.Tensor:
         total = self.get_seq_length(layer_idx) + cache_position.shape[0]
+        view = self._positions_view
+        if view is not None and view.shape[0] == total and view.device == cache_position.device:
+            return view  # every layer of a step asks for the same positions
         positions = self._positions
         if positions is None or positions.shape[0] < total or positions.device != cache_position.device:
             positions = torch.arange(total + _GROWTH, device=cache_position.device)
             self._positions = positions
-        return positions[:total]
+        self._positions_view = positions[:total]
+        return self._positions_view
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self._lengths[layer_idx] if layer_idx < len(self._lengths) else 0

@@ -127,9 +127,10 @@ def greedy_or_sample(plan: GenerationPlan) -> StrategyRun:
         next_tokens = select_tokens(scores, do_sample)
         if masks_finished:
             next_tokens = torch.where(unfinished, next_tokens, pad)
-        runner.append(next_tokens[:, None])
+        next_tokens = next_tokens[:, None]
+        runner.append(next_tokens)
         unfinished = unfinished & ~criteria(runner.input_ids, scores)
-        yield GenerationStep(tokens=next_tokens[:, None], finished=~unfinished)
+        yield GenerationStep(tokens=next_tokens, finished=~unfinished)
         if not bool(unfinished.any()):
             break
     return finish_output(plan, runner.input_ids, recorder)

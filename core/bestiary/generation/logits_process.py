@@ -321,17 +321,25 @@ class NoBadWordsLogitsProcessor(SequenceBiasLogitsProcessor):
         super().__init__([(ids, NEG_INF) for ids in words])
 
 
+def _forbid(scores: torch.Tensor, token_ids: list[int], index_by_device: dict[torch.device, torch.Tensor]) -> torch.Tensor:
+    """A copy of ``scores`` with ``token_ids`` at -inf (their index tensor cached per device: this runs every step)."""
+    index = index_by_device.get(scores.device)
+    if index is None:
+        index = index_by_device[scores.device] = torch.tensor(token_ids, dtype=torch.long, device=scores.device)
+    return scores.index_fill(1, index, NEG_INF)
+
+
 class MinLengthLogitsProcessor(LogitsProcessor):
     """Forbid end-of-sequence tokens while the sequence is shorter than ``min_length``."""
 
     def __init__(self, min_length: int, eos_token_id: int | Sequence[int]) -> None:
         self.min_length = int(min_length)
         self.eos_token_id = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        self._eos_index: dict[torch.device, torch.Tensor] = {}
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if input_ids.shape[-1] < self.min_length:
-            scores = scores.clone()
-            scores[:, self.eos_token_id] = NEG_INF
+            return _forbid(scores, self.eos_token_id, self._eos_index)
         return scores
 
 
@@ -342,11 +350,11 @@ class MinNewTokensLengthLogitsProcessor(LogitsProcessor):
         self.prompt_length = int(prompt_length)
         self.min_new_tokens = int(min_new_tokens)
         self.eos_token_id = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        self._eos_index: dict[torch.device, torch.Tensor] = {}
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if input_ids.shape[-1] - self.prompt_length < self.min_new_tokens:
-            scores = scores.clone()
-            scores[:, self.eos_token_id] = NEG_INF
+            return _forbid(scores, self.eos_token_id, self._eos_index)
         return scores
 
 

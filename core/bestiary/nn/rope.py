@@ -8,6 +8,7 @@ spellings (transformers v5 ``rope_parameters``, or the older ``rope_theta`` +
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -195,9 +196,26 @@ def rotary_factors(cos: torch.Tensor, sin: torch.Tensor) -> RotaryFactors:
     signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
     matrix = None
     if cos.shape[1] == 1 and cos.dtype is torch.float32 and not torch.compiler.is_compiling():
-        eye = torch.eye(cos.shape[-1], device=cos.device)
-        matrix = eye * cos + eye.roll(half, 1) * signed_sin  # [batch, 1, dim] broadcast over the rows
+        identity, partner = _rotation_pattern(cos.shape[-1], cos.device)
+        matrix = identity * cos + partner * signed_sin  # [batch, 1, dim] broadcast over the rows
     return RotaryFactors(cos.unsqueeze(1), signed_sin.unsqueeze(1), matrix)
+
+
+@functools.lru_cache(maxsize=16)
+def _rotation_pattern(dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """[dim, dim] 0/1 matrices: the identity, and the one that moves each element ``dim // 2`` places right."""
+    with torch.inference_mode(False):  # also usable where autograd records
+        identity = torch.eye(dim, device=device)
+        return identity, identity.roll(dim // 2, 1)
+
+
+def rotate_heads(x: torch.Tensor, head_dim: int, factors: RotaryFactors) -> torch.Tensor:
+    """Split projections [batch, seq, heads * head_dim] into heads [batch, heads, seq, head_dim] and rotate them."""
+    batch, length, _ = x.shape
+    matrix = factors.matrix
+    if matrix is not None and matrix.shape[-1] == head_dim:  # one position per row: one product for all heads
+        return torch.bmm(x.reshape(batch, -1, head_dim), matrix).view(batch, -1, 1, head_dim)
+    return rotate(x.view(batch, length, -1, head_dim).transpose(1, 2), factors)
 
 
 def rotate(x: torch.Tensor, factors: RotaryFactors) -> torch.Tensor:

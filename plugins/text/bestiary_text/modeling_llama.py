@@ -19,7 +19,7 @@ from bestiary.nn.activations import get_activation
 from bestiary.nn.attention import AttentionMask, attend, build_attention_mask, split_heads
 from bestiary.nn.norms import RMSNorm
 from bestiary.nn.projection import project
-from bestiary.nn.rope import RotaryEmbedding, RotaryFactors, rotary_factors, rotate
+from bestiary.nn.rope import RotaryEmbedding, RotaryFactors, rotary_factors, rotate_heads
 from bestiary.outputs import (
     BaseModelOutputWithPast,
     CausalLMOutputWithPast,
@@ -83,8 +83,8 @@ class LlamaAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, _ = hidden_states.shape
         query, key, value = project(hidden_states, (self.q_proj, self.k_proj, self.v_proj))
-        query = rotate(split_heads(query, self.head_dim), rotary)
-        key = rotate(split_heads(key, self.head_dim), rotary)
+        query = rotate_heads(query, self.head_dim, rotary)
+        key = rotate_heads(key, self.head_dim, rotary)
         value = split_heads(value, self.head_dim)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
@@ -175,10 +175,11 @@ class LlamaModel(LlamaPreTrainedModel):
     ) -> list[AttentionMask]:
         """One mask per layer, built once per (window, number of keys) unless the cache's layers differ in layout."""
         per_layer = getattr(cache, "per_layer_positions", False)
+        window_of = getattr(type(self.config), "layer_sliding_window", None)  # (see layer_sliding_window)
         built: dict[tuple[int | None, int], AttentionMask] = {}
         masks = []
         for layer_idx in range(len(self.layers)):
-            window = self.layer_sliding_window(layer_idx)
+            window = window_of(self.config, layer_idx) if window_of else None
             # Every layer asks (the cache contract), but only the shape is compared: layers of a cache without
             # per_layer_positions hold the same key slots when they have as many, and reading a value would
             # cost a host sync per layer (and break a compiled graph).
