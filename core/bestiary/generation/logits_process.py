@@ -321,7 +321,9 @@ class NoBadWordsLogitsProcessor(SequenceBiasLogitsProcessor):
         super().__init__([(ids, NEG_INF) for ids in words])
 
 
-def _forbid(scores: torch.Tensor, token_ids: list[int], index_by_device: dict[torch.device, torch.Tensor]) -> torch.Tensor:
+def _forbid(
+    scores: torch.Tensor, token_ids: list[int], index_by_device: dict[torch.device, torch.Tensor]
+) -> torch.Tensor:
     """A copy of ``scores`` with ``token_ids`` at -inf (their index tensor cached per device: this runs every step)."""
     index = index_by_device.get(scores.device)
     if index is None:

@@ -23,7 +23,8 @@ class RMSNorm(nn.Module):
             # The formula below, bit for bit, in 6 tensor operations where torch.rms_norm takes 24 (its
             # mean and eps are Python numbers, each converted to a tensor on every call); this runs twice
             # per layer for every decoded token. (Compiled graphs fuse the formula below anyway.)
-            size, eps = _float32_scalar(hidden_states.shape[-1]), _float32_scalar(self.variance_epsilon)
+            size = _float32_scalar(hidden_states.shape[-1], hidden_states.device)
+            eps = _float32_scalar(self.variance_epsilon, hidden_states.device)
             square_sum = (hidden_states * hidden_states).sum(-1, keepdim=True)
             inverse_rms = torch.addcdiv(eps, square_sum, size).rsqrt_()  # eps + sum / size: the mean plus eps
             return hidden_states * inverse_rms * weight
@@ -38,7 +39,7 @@ class RMSNorm(nn.Module):
 
 
 @functools.lru_cache(maxsize=64)
-def _float32_scalar(value: float) -> torch.Tensor:
-    """``value`` as a 0-dim float32 CPU tensor (usable with tensors on any device, and by autograd)."""
+def _float32_scalar(value: float, device: torch.device) -> torch.Tensor:
+    """``value`` as a 0-dim float32 tensor on ``device`` (created outside inference mode: autograd may use it)."""
     with torch.inference_mode(False):
-        return torch.tensor(value, dtype=torch.float32, device="cpu")
+        return torch.tensor(value, dtype=torch.float32, device=device)
