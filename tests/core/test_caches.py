@@ -277,3 +277,16 @@ def test_chunked_prefill_gives_the_same_tokens():
     hook.handle.remove()
     assert hook.lengths[:3] == [4, 4, 1] and hook.lengths[3:] == [1] * 5  # 9 prompt tokens in pieces of 4
     assert torch.equal(got, model.generate(ids, attention_mask=mask, max_new_tokens=6, eos_token_id=None))
+
+
+def test_dynamic_cache_key_positions_follow_the_stored_length():
+    cache = DynamicCache()
+    step = torch.tensor([0, 1, 2])
+    assert torch.equal(cache.key_positions(0, step), torch.arange(3))
+    for layer in range(2):
+        cache.update(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4), layer)
+    one = torch.tensor([3])
+    first, second = cache.key_positions(0, one), cache.key_positions(1, one)
+    assert first is second and torch.equal(first, torch.arange(4))  # one answer shared by the layers of a step
+    cache.crop(2)
+    assert torch.equal(cache.key_positions(0, torch.tensor([2])), torch.arange(3))
