@@ -246,6 +246,8 @@ def _traced_project(x: torch.Tensor, layers: Sequence[nn.Module]) -> tuple[torch
         kinds.append(KIND_F32 if values.dtype is torch.float32 else layer._kind)
         flags.append((_SCALES if scales is not None else 0) | (_MINS if mins is not None else 0) | (_BIAS if bias is not None else 0))
         tensors.extend(t for t in (values, scales, mins, bias) if t is not None)
+    if all(kind == KIND_F32 for kind in kinds):
+        return None  # float32 weights: inductor's own streamed reductions (decompose_mm_pass) are as fast
     sizes = [layer.out_features for layer in layers]
     out = torch.ops.bestiary.matvec(x.reshape(-1), tensors, kinds, flags, sizes, _quantize_activations)
     out = out.view(*x.shape[:-1], sum(sizes))
