@@ -77,8 +77,10 @@ def test_beam_search_and_sampling_with_a_static_cache():
 
 def test_compiled_decode_step_gives_the_same_tokens_in_one_graph():
     import torch._dynamo
+    from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
+    counters.clear()  # reset() keeps them, and earlier tests in this process may have compiled graphs
     model = tiny_llama()
     ids, mask = batch()
     expected = model.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=None)
@@ -95,8 +97,6 @@ def test_compiled_decode_step_gives_the_same_tokens_in_one_graph():
         ids, attention_mask=mask, max_new_tokens=6, eos_token_id=None, compile_decode=True, compile_config=options
     )
     assert torch.equal(shorter, expected[:, : ids.shape[1] + 6])
-    from torch._dynamo.utils import counters
-
     # one graph for every step of all three calls: the cache length is bucketed, so no recompilation
     assert counters["stats"]["unique_graphs"] == 1
     with pytest.raises(GenerationError, match="static"):
