@@ -107,11 +107,16 @@ class _Plan:
         self.layers = tuple(weakref.ref(layer) for layer in layers)
         self.in_features = layers[0].in_features
         self.sizes = [layer.out_features for layer in layers]
+        self.count = len(self.sizes)
         self.total = sum(self.sizes)
+        self.slices = [(sum(self.sizes[:index]), size) for index, size in enumerate(self.sizes)]
         self.work = self.total * self.in_features
-        # (owner dict, key, tensor, data pointer) for every tensor the kernel reads: checked on each call,
-        # so a replaced or moved weight rebuilds the plan instead of being read at a stale address.
-        self.watched = [(owner, key, t, t.data_ptr()) for owner, key, t in tensors if t is not None]
+        # (owner dict, key, tensor) for every tensor the kernel reads, checked on each call, so a replaced
+        # weight rebuilds the plan instead of being read at a stale address.
+        self.watched = [(owner, key, t) for owner, key, t in tensors if t is not None]
+        # A module moved with .to() or given new storage through .data changes the address of its first
+        # tensor (weight or packed values): one data_ptr() per layer catches it.
+        self.addresses = [(tensors[4 * i][2], tensors[4 * i][2].data_ptr()) for i in range(len(layers))]
         self.matrices = (_Matrix * len(layers))()
         for index, (slot, layer) in enumerate(zip(self.matrices, layers)):
             values, scales, mins, bias = (t for _, _, t in tensors[4 * index : 4 * index + 4])
@@ -123,7 +128,13 @@ class _Plan:
         for ref, layer in zip(self.layers, layers):
             if ref() is not layer or layer._forward_hooks or layer._forward_pre_hooks:
                 return False
-        return all(owner.get(key) is t and t.data_ptr() == ptr for owner, key, t, ptr in self.watched)
+        for owner, key, tensor in self.watched:
+            if owner.get(key) is not tensor:
+                return False
+        for tensor, address in self.addresses:
+            if tensor.data_ptr() != address:
+                return False
+        return True
 
 
 def _ptr(tensor: torch.Tensor | None) -> int | None:
@@ -182,11 +193,13 @@ _is_compiling = torch.compiler.is_compiling
 
 def native_project(x: torch.Tensor, layers: Sequence[nn.Module]) -> tuple[torch.Tensor, ...] | None:
     """The native path of :func:`project`; None where it does not apply."""
+    # This runs about four times per layer for every decoded token: the checks are ordered and chosen
+    # for cost (x.is_cpu, not x.device; narrow views, not Tensor.split).
     if _is_compiling():
         return _traced_project(x, layers)
     if (
         x.dtype is not torch.float32
-        or x.device.type != "cpu"
+        or not x.is_cpu
         or x.shape[-1] != x.numel()
         or not x.is_contiguous()
         or any(_global_hooks)
@@ -200,14 +213,16 @@ def native_project(x: torch.Tensor, layers: Sequence[nn.Module]) -> tuple[torch.
     plan = _plan_for(layers, x.shape[-1])
     if plan is None:
         return None
-    out = torch.empty(*x.shape[:-1], plan.total)
+    out = torch.empty((*x.shape[:-1], plan.total))
     threads = torch.get_num_threads() if plan.work >= PARALLEL_MIN_WORK else 1
     status = library.bm_matvec(
-        x.data_ptr(), plan.in_features, plan.matrices, len(plan.sizes), out.data_ptr(), threads, _quantize_activations
+        x.data_ptr(), plan.in_features, plan.matrices, plan.count, out.data_ptr(), threads, _quantize_activations
     )
     if status != 0:
         raise MemoryError("the native matvec kernel could not allocate its scratch memory")
-    return (out,) if len(plan.sizes) == 1 else out.split(plan.sizes, -1)
+    if plan.count == 1:
+        return (out,)
+    return tuple([out.narrow(-1, start, size) for start, size in plan.slices])
 
 
 def _needs_grad(layers: Sequence[nn.Module]) -> bool:
