@@ -67,7 +67,6 @@ static inline float bm_hsum(__m256 v) {
     return _mm_cvtss_f32(lo);
 }
 
-/* Shared per-call views of x: xp (x with the Q4 nibble scales divided out) and block sums xs. */
 /* Shared per-call views of x. Float path: xp (x with the Q4 nibble scales divided out). 8-bit path:
    x quantized per 32-block to int8 (scale dx), in natural order (xq, for Q8_0) and permuted to the
    Q4 word layout (xq4). Both: exact float block sums xs (for Q4_1 minimums and the Q4_0 offset). */
