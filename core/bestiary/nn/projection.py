@@ -117,12 +117,11 @@ class _Plan:
         # A module moved with .to() or given new storage through .data changes the address of its first
         # tensor (weight or packed values): one data_ptr() per layer catches it.
         self.addresses = [(tensors[4 * i][2], tensors[4 * i][2].data_ptr()) for i in range(len(layers))]
-        self.matrices = (_Matrix * len(layers))()
-        for index, (slot, layer) in enumerate(zip(self.matrices, layers)):
+        entries = []
+        for index, layer in enumerate(layers):
             values, scales, mins, bias = (t for _, _, t in tensors[4 * index : 4 * index + 4])
-            slot.kind = KIND_F32 if values.dtype is torch.float32 else layer._kind  # QuantizedLinear's kind
-            slot.rows = layer.out_features
-            slot.values, slot.scales, slot.mins, slot.bias = (_ptr(t) for t in (values, scales, mins, bias))
+            entries.append((_kind(values, layer), layer.out_features, values, scales, mins, bias))
+        self.matrices = _matrices(entries)
 
     def still_valid(self, layers: Sequence[nn.Module]) -> bool:
         for ref, layer in zip(self.layers, layers):
@@ -139,6 +138,20 @@ class _Plan:
 
 def _ptr(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
+
+
+def _kind(values: torch.Tensor, layer: nn.Module) -> int:
+    """The kernel's matrix kind: float32, or the QuantizedLinear's own (Q8_0 0, Q4_0 1, Q4_1 2)."""
+    return KIND_F32 if values.dtype is torch.float32 else layer._kind
+
+
+def _matrices(entries: list[tuple]) -> ctypes.Array:
+    """The kernel's description of ``(kind, rows, values, scales, mins, bias)`` entries (tensors or None)."""
+    matrices = (_Matrix * len(entries))()
+    for slot, (kind, rows, *tensors) in zip(matrices, entries):
+        slot.kind, slot.rows = kind, rows
+        slot.values, slot.scales, slot.mins, slot.bias = (_ptr(t) for t in tensors)
+    return matrices
 
 
 def _usable(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> bool:
@@ -258,7 +271,7 @@ def _traced_project(x: torch.Tensor, layers: Sequence[nn.Module]) -> tuple[torch
         if found is None:
             return None
         (values, scales, mins, bias) = (t for _, _, t in found)
-        kinds.append(KIND_F32 if values.dtype is torch.float32 else layer._kind)
+        kinds.append(_kind(values, layer))
         flags.append((_SCALES if scales is not None else 0) | (_MINS if mins is not None else 0) | (_BIAS if bias is not None else 0))
         tensors.extend(t for t in (values, scales, mins, bias) if t is not None)
     if all(kind == KIND_F32 for kind in kinds):
@@ -272,19 +285,23 @@ def _traced_project(x: torch.Tensor, layers: Sequence[nn.Module]) -> tuple[torch
 _op_plans: dict[tuple[int, ...], ctypes.Array] = {}
 
 
-def _op_matrices(x: torch.Tensor, tensors: list[torch.Tensor], kinds: list[int], flags: list[int], sizes: list[int]):
+def _op_matrices(tensors: list[torch.Tensor], kinds: list[int], flags: list[int], sizes: list[int]) -> ctypes.Array:
     key = (*kinds, *flags, *sizes, *(t.data_ptr() for t in tensors))
     matrices = _op_plans.get(key)
     if matrices is None:
         if len(_op_plans) >= _MAX_PLANS:
             _op_plans.clear()
-        matrices = _op_plans[key] = (_Matrix * len(kinds))()
         remaining = iter(tensors)
-        for slot, kind, flag, rows in zip(matrices, kinds, flags, sizes):
-            slot.kind, slot.rows, slot.values = kind, rows, next(remaining).data_ptr()
-            slot.scales = next(remaining).data_ptr() if flag & _SCALES else None
-            slot.mins = next(remaining).data_ptr() if flag & _MINS else None
-            slot.bias = next(remaining).data_ptr() if flag & _BIAS else None
+
+        def optional(present: int) -> torch.Tensor | None:
+            return next(remaining) if present else None
+
+        matrices = _op_plans[key] = _matrices(
+            [
+                (kind, rows, next(remaining), optional(flag & _SCALES), optional(flag & _MINS), optional(flag & _BIAS))
+                for kind, flag, rows in zip(kinds, flags, sizes)
+            ]
+        )
     return matrices
 
 
@@ -296,7 +313,7 @@ def _matvec_op(
     x = x.contiguous()
     out = torch.empty(sum(sizes))
     threads = torch.get_num_threads() if sum(sizes) * x.shape[0] >= PARALLEL_MIN_WORK else 1
-    matrices = _op_matrices(x, tensors, kinds, flags, sizes)
+    matrices = _op_matrices(tensors, kinds, flags, sizes)
     if library is None or library.bm_matvec(x.data_ptr(), x.shape[0], matrices, len(kinds), out.data_ptr(), threads, int8):
         raise RuntimeError("the native matvec kernel is unavailable or could not allocate its scratch memory")
     return out
