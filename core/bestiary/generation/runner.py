@@ -267,11 +267,9 @@ def compiled_decode_step(model: Any, options: dict[str, Any] | None = None):
     """
     options = {"dynamic": False, "fullgraph": False, **(options or {})}
     if "options" not in options:
-        options["options"] = dict(_default_compile_options())
+        options["options"] = _default_compile_options()
         if options.get("backend", "inductor") == "inductor" and _on_cpu(model):
             options["options"].update(cpu_decode_inductor_options())
-        if options.get("backend", "inductor") != "inductor":
-            options["options"] = {k: v for k, v in options["options"].items() if k == "guard_filter_fn"}
     key = repr(sorted(options.items()))
     steps = model.__dict__.setdefault("_bestiary_compiled_decode_steps", {})
     step = steps.get(key)
