@@ -175,11 +175,10 @@ class LlamaModel(LlamaPreTrainedModel):
     ) -> list[AttentionMask]:
         """One mask per layer, built once per (window, number of keys) unless the cache's layers differ in layout."""
         per_layer = getattr(cache, "per_layer_positions", False)
-        window_of = getattr(type(self.config), "layer_sliding_window", None)  # (see layer_sliding_window)
         built: dict[tuple[int | None, int], AttentionMask] = {}
         masks = []
         for layer_idx in range(len(self.layers)):
-            window = window_of(self.config, layer_idx) if window_of else None
+            window = self.layer_sliding_window(layer_idx)
             # Every layer asks (the cache contract), but only the shape is compared: layers of a cache without
             # per_layer_positions hold the same key slots when they have as many, and reading a value would
             # cost a host sync per layer (and break a compiled graph).
