@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from bestiary.integrations.gguf.quantized_linear import QuantizedLinear
-from bestiary.nn import projection
+from bestiary.nn import kernels, projection
 from bestiary.nn.projection import native_matvec_available, native_project, project
 
 
@@ -190,13 +190,15 @@ def test_replaced_weight_is_picked_up() -> None:
 
 
 def test_environment_switch_turns_native_path_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(projection, "_library", None)
-    monkeypatch.setattr(projection, "_library_state", "unloaded")
     monkeypatch.setenv(projection.ENV_VAR, "0")
-    layers = _linears(32, (16,), False)
-    with torch.no_grad():
-        assert native_project(torch.randn(1, 32), layers) is None
-        assert project(torch.randn(1, 32), layers)[0].shape == (1, 16)
+    kernels.reset()
+    try:
+        layers = _linears(32, (16,), False)
+        with torch.no_grad():
+            assert native_project(torch.randn(1, 32), layers) is None
+            assert project(torch.randn(1, 32), layers)[0].shape == (1, 16)
+    finally:
+        kernels.reset()  # later tests load the kernels again
 
 
 def test_compiled_graph_calls_the_native_operator() -> None:

@@ -73,6 +73,18 @@ class Cache:
         """Positions the rotary embedding should give the new tokens (the identity by default)."""
         return position_ids
 
+    def claim_decode_slot(
+        self, cache_position: torch.Tensor, num_layers: int
+    ) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+        """Hand one new token's storage to a kernel that writes it directly (:mod:`bestiary.nn.decoder_step`).
+
+        Returns the slot the token's keys and values go to and, per layer, the
+        key and value storage ([batch, kv_heads, capacity, head_dim]); the
+        kernel attends over slots 0 to ``slot``. The token counts as stored
+        from then on. None (the default) when this cache cannot be written that way.
+        """
+        return None
+
     def get_max_cache_shape(self) -> int | None:
         """Maximum number of tokens the cache holds, or None when unbounded."""
         return None
@@ -150,6 +162,19 @@ class DynamicCache(Cache):
         values.narrow(2, start, new).copy_(value)
         self._lengths[layer_idx] = end
         return keys.narrow(2, 0, end), values.narrow(2, 0, end)
+
+    def claim_decode_slot(
+        self, cache_position: torch.Tensor, num_layers: int
+    ) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+        lengths = self._lengths
+        if len(lengths) != num_layers or cache_position.shape[0] != 1 or min(lengths) != max(lengths):
+            return None  # before the prompt filled every layer, or after layers were written unevenly
+        slot = lengths[0]
+        for layer_idx in range(num_layers):
+            keys, values = self._keys[layer_idx], self._values[layer_idx]
+            self._ensure_capacity(layer_idx, keys, values, slot + 1)
+        self._lengths = [slot + 1] * num_layers
+        return slot, list(zip(self._keys, self._values))
 
     def key_positions(self, layer_idx: int, cache_position: torch.Tensor) -> torch.Tensor:
         total = self.get_seq_length(layer_idx) + cache_position.shape[0]

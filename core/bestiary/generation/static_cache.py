@@ -90,6 +90,14 @@ class StaticCache(Cache):
         values.index_copy_(2, self._write_pos, value)
         return keys, values
 
+    def claim_decode_slot(
+        self, cache_position: torch.Tensor, num_layers: int
+    ) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+        if type(self) is not StaticCache or len(self._keys) != num_layers or cache_position.shape[0] != 1:
+            return None  # subclasses keep other copies in step; an empty cache has no storage yet
+        self.begin_step(cache_position)
+        return int(cache_position[0]), list(zip(self._keys, self._values))
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self._length
 

@@ -33,6 +33,7 @@ MATVEC_SOURCE = r"""
 #include <stdint.h>
 #include <math.h>
 #include <stdlib.h>
+#include <omp.h>
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #define BM_AVX2 1
@@ -287,14 +288,21 @@ static float bm_quantize_block(const float* x, int8_t* q) {
     return d;
 }
 
-/* The views of x the quantized kernels read; returns the scratch block to free, NULL when out of memory. */
-static void* bm_prepare(const float* x, int64_t K, int int8, bm_input* in) {
+/* Bytes of scratch bm_prepare_into needs for K inputs. */
+static size_t bm_scratch_bytes(int64_t K) {
+    const int64_t groups = (K / 32 + 1) / 2, padded = 64 * groups, params = 2 * groups;
+    return sizeof(float) * (size_t)(padded + 2 * params + 8) + 2 * (size_t)padded;
+}
+
+/* Fill in the views of x the quantized kernels read, in ``scratch`` of bm_scratch_bytes(K). */
+static void bm_prepare_into(const float* x, int64_t K, int int8, bm_input* in, char* scratch) {
     in->x = x; in->K = K; in->nb = K / 32; in->groups = (in->nb + 1) / 2; in->params = 2 * in->groups; in->int8 = int8;
     const int64_t padded = 64 * in->groups;
-    char* scratch = (char*)calloc(1, sizeof(float) * (size_t)(padded + 2 * in->params + 8) + 2 * (size_t)padded);
-    if (!scratch) return NULL;
     float *xp = (float*)scratch, *xs = xp + padded, *dx = xs + in->params + 8;
     int8_t *xq = (int8_t*)(dx + in->params), *xq4 = xq + padded;
+    /* The padding block of an odd block count must read as zeros (scratch is reused across widths). */
+    for (int64_t k = 32 * in->nb; k < padded; ++k) xp[k] = 0.f, xq[k] = 0, xq4[k] = 0;
+    for (int64_t b = in->nb; b < in->params; ++b) xs[b] = 0.f, dx[b] = 0.f;
     for (int64_t b = 0; b < in->nb; ++b) {
         float s = 0.f;
         for (int j = 0; j < 32; ++j) s += x[b * 32 + j];
@@ -313,7 +321,41 @@ static void* bm_prepare(const float* x, int64_t K, int int8, bm_input* in) {
         for (int64_t k = 0; k < 32 * in->nb; ++k) xp[k] = x[k] * unscale[(k % 64) / 8 % 4];
     }
     in->xp = xp; in->xs = xs; in->dx = dx; in->xq = xq; in->xq4 = xq4;
-    return scratch;
+}
+
+static int64_t bm_tile_count(const bm_matrix* mats, int64_t count) {
+    int64_t tiles = 0;
+    for (int64_t i = 0; i < count; ++i) tiles += (mats[i].rows + BM_TILE - 1) / BM_TILE;
+    return tiles;
+}
+
+/* Tiles [first, last) of the concatenated matrices (outputs one after the other in out); with
+   ``accumulate``, results are added to out instead of stored (a residual connection). */
+static void bm_run_tiles(const bm_matrix* mats, const bm_input* in, float* out, int64_t first, int64_t last,
+                         int accumulate) {
+    int64_t matrix = 0, first_tile = 0, offset = 0;
+    for (int64_t t = first; t < last; ++t) {
+        while (t - first_tile >= (mats[matrix].rows + BM_TILE - 1) / BM_TILE) {
+            first_tile += (mats[matrix].rows + BM_TILE - 1) / BM_TILE;
+            offset += mats[matrix].rows;
+            ++matrix;
+        }
+        int64_t row = (t - first_tile) * BM_TILE;
+        int64_t rows = mats[matrix].rows - row < BM_TILE ? mats[matrix].rows - row : BM_TILE;
+        if (accumulate) {
+            float tile[BM_TILE];
+            bm_tile(&mats[matrix], row, rows, in, tile);
+            for (int64_t r = 0; r < rows; ++r) out[offset + row + r] += tile[r];
+        } else {
+            bm_tile(&mats[matrix], row, rows, in, out + offset + row);
+        }
+    }
+}
+
+/* The share [*first, *last) of ``tiles`` that thread ``thread`` of ``nthreads`` runs (contiguous, static). */
+static void bm_share(int64_t tiles, int thread, int nthreads, int64_t* first, int64_t* last) {
+    *first = tiles * thread / nthreads;
+    *last = tiles * (thread + 1) / nthreads;
 }
 #endif
 
@@ -323,28 +365,20 @@ int bm_matvec(const float* x, int64_t K, const bm_matrix* mats, int64_t count, f
               int quantize_activations) {
 #ifdef BM_AVX2
     int quantized = 0;
-    int64_t tiles = 0;
-    for (int64_t i = 0; i < count; ++i) {
-        quantized |= mats[i].kind != BM_F32;
-        tiles += (mats[i].rows + BM_TILE - 1) / BM_TILE;
-    }
+    for (int64_t i = 0; i < count; ++i) quantized |= mats[i].kind != BM_F32;
+    const int64_t tiles = bm_tile_count(mats, count);
     bm_input in = {x, x, NULL, NULL, NULL, NULL, K, K / 32, 0, 0, 0};
-    void* scratch = NULL;
-    if (quantized && !(scratch = bm_prepare(x, K, quantize_activations, &in))) return -1;
+    char* scratch = NULL;
+    if (quantized) {
+        if (!(scratch = (char*)malloc(bm_scratch_bytes(K)))) return -1;
+        bm_prepare_into(x, K, quantize_activations, &in, scratch);
+    }
+    if (nthreads > tiles) nthreads = tiles > 0 ? (int)tiles : 1;
     #pragma omp parallel num_threads(nthreads)
     {
-        int64_t matrix = 0, first_tile = 0, offset = 0;
-        #pragma omp for schedule(static)
-        for (int64_t t = 0; t < tiles; ++t) {
-            while (t - first_tile >= (mats[matrix].rows + BM_TILE - 1) / BM_TILE) {
-                first_tile += (mats[matrix].rows + BM_TILE - 1) / BM_TILE;
-                offset += mats[matrix].rows;
-                ++matrix;
-            }
-            int64_t row = (t - first_tile) * BM_TILE;
-            int64_t rows = mats[matrix].rows - row < BM_TILE ? mats[matrix].rows - row : BM_TILE;
-            bm_tile(&mats[matrix], row, rows, &in, out + offset + row);
-        }
+        int64_t first, last;
+        bm_share(tiles, omp_get_thread_num(), omp_get_num_threads(), &first, &last);
+        bm_run_tiles(mats, &in, out, first, last, 0);
     }
     free(scratch);
     return 0;

@@ -25,7 +25,6 @@ features lose their small entries to a shared 8-bit block scale.
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import weakref
 from collections.abc import Sequence
@@ -33,54 +32,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from bestiary.nn.matvec_source import MATVEC_SOURCE
+from bestiary.nn import kernels
+from bestiary.nn.kernels import ENV_VAR, KIND_F32
 
-__all__ = ["project", "native_project", "native_matvec_available", "set_quantized_activations"]
+__all__ = ["project", "native_project", "native_matvec_available", "quantized_activations", "set_quantized_activations"]
 
-logger = logging.getLogger(__name__)
-
-ENV_VAR = "BESTIARY_NATIVE_MATVEC"
 ACTIVATIONS_ENV_VAR = "BESTIARY_QUANTIZE_ACTIVATIONS"
 _OFF = ("0", "false", "no", "off")
-KIND_F32 = 3
 PARALLEL_MIN_WORK = 1 << 16
 """Multiply-adds below which one thread does the whole call (a second costs more than it saves)."""
-
-
-class _Matrix(ctypes.Structure):
-    _fields_ = [
-        ("kind", ctypes.c_int64),
-        ("rows", ctypes.c_int64),
-        ("values", ctypes.c_void_p),
-        ("scales", ctypes.c_void_p),
-        ("mins", ctypes.c_void_p),
-        ("bias", ctypes.c_void_p),
-    ]
-
-
-_library: ctypes.CDLL | None = None
-_library_state = "unloaded"  # "unloaded" | "loaded" | "unavailable"
-
-
-def _load_library() -> ctypes.CDLL | None:
-    global _library, _library_state
-    if _library_state == "unloaded":
-        _library_state = "unavailable"
-        if os.environ.get(ENV_VAR, "1").strip().lower() not in _OFF:
-            from bestiary.native import compile_library
-
-            built = compile_library("matvec", MATVEC_SOURCE)
-            if built is not None and built[0].bm_supported():
-                _library = built[0]
-                _library.bm_matvec.restype = ctypes.c_int
-                _library.bm_matvec.argtypes = [
-                    ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(_Matrix), ctypes.c_int64, ctypes.c_void_p,
-                    ctypes.c_int, ctypes.c_int,
-                ]
-                _library_state = "loaded"
-            elif built is not None:
-                logger.info("Native matvec kernels need AVX2, FMA and F16C; decoding uses torch.")
-    return _library
 
 
 _quantize_activations = os.environ.get(ACTIVATIONS_ENV_VAR, "0").strip().lower() not in _OFF
@@ -92,12 +52,17 @@ def set_quantized_activations(enabled: bool) -> None:
     _quantize_activations = bool(enabled)
 
 
+def quantized_activations() -> bool:
+    """Whether block-quantized weights are multiplied with 8-bit activations (see :func:`set_quantized_activations`)."""
+    return _quantize_activations
+
+
 def native_matvec_available() -> bool:
     """Whether the native decoding kernels are built and usable on this machine (builds them if needed).
 
     Call it before ``torch.compile`` of a decode step: compiled graphs use the kernels only if loaded.
     """
-    return _load_library() is not None
+    return kernels.library() is not None
 
 
 class _Plan:
@@ -147,7 +112,7 @@ def _kind(values: torch.Tensor, layer: nn.Module) -> int:
 
 def _matrices(entries: list[tuple]) -> ctypes.Array:
     """The kernel's description of ``(kind, rows, values, scales, mins, bias)`` entries (tensors or None)."""
-    matrices = (_Matrix * len(entries))()
+    matrices = (kernels.Matrix * len(entries))()
     for slot, (kind, rows, *tensors) in zip(matrices, entries):
         slot.kind, slot.rows = kind, rows
         slot.values, slot.scales, slot.mins, slot.bias = (_ptr(t) for t in tensors)
@@ -220,7 +185,7 @@ def native_project(x: torch.Tensor, layers: Sequence[nn.Module]) -> tuple[torch.
         return None
     if torch.is_grad_enabled() and (x.requires_grad or _needs_grad(layers)):
         return None
-    library = _library if _library is not None else _load_library()
+    library = kernels.library()
     if library is None:
         return None
     plan = _plan_for(layers, x.shape[-1])
@@ -261,7 +226,7 @@ _SCALES, _MINS, _BIAS = 1, 2, 4
 def _traced_project(x: torch.Tensor, layers: Sequence[nn.Module]) -> tuple[torch.Tensor, ...] | None:
     if x.dtype is not torch.float32 or x.device.type != "cpu" or x.shape[-1] != x.numel() or torch.is_grad_enabled():
         return None
-    if _library is None:  # loading cannot happen while tracing: call native_matvec_available() before compiling
+    if kernels.loaded() is None:  # loading cannot happen while tracing: call native_matvec_available() before compiling
         return None
     tensors: list[torch.Tensor] = []
     kinds: list[int] = []
@@ -309,7 +274,7 @@ def _matvec_op(
     x: torch.Tensor, tensors: list[torch.Tensor], kinds: list[int], flags: list[int], sizes: list[int], int8: bool
 ) -> torch.Tensor:
     """One row ``x`` times each weight described by ``tensors``/``kinds``/``flags``, outputs concatenated."""
-    library = _load_library()
+    library = kernels.library()
     x = x.contiguous()
     out = torch.empty(sum(sizes))
     threads = torch.get_num_threads() if sum(sizes) * x.shape[0] >= PARALLEL_MIN_WORK else 1

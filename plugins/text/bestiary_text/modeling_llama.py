@@ -17,6 +17,7 @@ from bestiary.generation.mixin import GenerationMixin
 from bestiary.modeling import PreTrainedModel
 from bestiary.nn.activations import get_activation
 from bestiary.nn.attention import AttentionMask, attend, build_attention_mask, split_heads
+from bestiary.nn.decoder_step import DecoderLayerParts, DecoderStackParts, native_decoder_step
 from bestiary.nn.norms import RMSNorm
 from bestiary.nn.projection import project
 from bestiary.nn.rope import RotaryEmbedding, RotaryFactors, rotary_factors, rotate_heads
@@ -166,6 +167,45 @@ class LlamaModel(LlamaPreTrainedModel):
         window_of = getattr(type(self.config), "layer_sliding_window", None)
         return window_of(self.config, layer_idx) if window_of else None
 
+    def _native_decoder_parts(self) -> DecoderStackParts | None:
+        """The stack as the native decoding step reads it; None when a layer is not the plain Llama computation."""
+        layers = []
+        for layer_idx, layer in enumerate(self.layers):
+            attention, mlp = layer.self_attn, layer.mlp
+            if (
+                type(layer).forward is not LlamaDecoderLayer.forward
+                or type(attention).forward is not LlamaAttention.forward
+                or type(mlp).forward is not LlamaMLP.forward
+                or type(mlp.act_fn) is not nn.SiLU
+            ):
+                return None
+            layers.append(
+                DecoderLayerParts(
+                    modules=(layer, attention, mlp, mlp.act_fn, layer.input_layernorm, layer.post_attention_layernorm),
+                    input_norm=layer.input_layernorm,
+                    post_norm=layer.post_attention_layernorm,
+                    q=attention.q_proj,
+                    k=attention.k_proj,
+                    v=attention.v_proj,
+                    o=attention.o_proj,
+                    gate=mlp.gate_proj,
+                    up=mlp.up_proj,
+                    down=mlp.down_proj,
+                    window=self.layer_sliding_window(layer_idx),
+                )
+            )
+        attention = self.layers[0].self_attn if len(self.layers) else None
+        if attention is None:
+            return None
+        return DecoderStackParts(
+            layers=tuple(layers),
+            final_norm=self.norm,
+            num_heads=attention.num_heads,
+            num_kv_heads=attention.num_kv_heads,
+            head_dim=attention.head_dim,
+            scaling=attention.scaling,
+        )
+
     def _layer_masks(
         self,
         attention_mask: torch.Tensor | None,
@@ -223,9 +263,16 @@ class LlamaModel(LlamaPreTrainedModel):
             cache_position = torch.arange(start, start + inputs_embeds.shape[1], device=inputs_embeds.device)
         if position_ids is None:
             position_ids = cache_position.unsqueeze(0)
+        cos, sin = self.rotary_emb(inputs_embeds, position_ids)
+        if past is not None and not output_attentions and not output_hidden_states:
+            decoded = native_decoder_step(
+                self, self._native_decoder_parts, inputs_embeds, cos, sin, past, cache_position, attention_mask
+            )
+            if decoded is not None:
+                return BaseModelOutputWithPast(last_hidden_state=decoded, past_key_values=past if use_cache else None)
         masks = self._layer_masks(attention_mask, cache_position, past, inputs_embeds.dtype)
         hidden_states = inputs_embeds
-        rotary = rotary_factors(*self.rotary_emb(hidden_states, position_ids))
+        rotary = rotary_factors(cos, sin)
         all_hidden: list[torch.Tensor] = []
         all_attentions: list[torch.Tensor] = []
         for layer, mask in zip(self.layers, masks):

@@ -1,0 +1,286 @@
+"""One decoding step of a whole Llama-family decoder stack in a single native call.
+
+A model describes its layers once as :class:`DecoderStackParts` (which modules
+hold the norms and projections); :func:`native_decoder_step` then runs every
+layer for one new token of one sequence in one call of the C kernel in
+:mod:`.decoder_step_source`: RMSNorm, q/k/v, rotary, the cache write,
+grouped-query attention, the output projection, the gated SiLU MLP and the
+residual additions, with the projections read as float32 or packed GGUF
+blocks (as :func:`~bestiary.nn.projection.project` reads them). Decoding a
+small model this way costs one Python call per token instead of thousands of
+tensor operations, which is most of a step on CPU.
+
+It returns None, and the model runs its modules as usual, whenever the step is
+not exactly that computation: more than one token or sequence, gradients,
+training mode, hooks on any module involved (or global ones), attention
+weights or hidden states requested, padding in the attention mask, a cache
+that cannot hand out its storage (only :class:`~bestiary.generation.cache.DynamicCache`
+and :class:`~bestiary.generation.static_cache.StaticCache` can), another dtype
+or device, norms with different epsilons, or a partial rotary dimension.
+``BESTIARY_NATIVE_MATVEC=0`` turns it off with the other native kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bestiary.nn import kernels
+from bestiary.nn.norms import RMSNorm
+from bestiary.nn.projection import PARALLEL_MIN_WORK, _layer_tensors, _kind, quantized_activations
+
+__all__ = ["DecoderLayerParts", "DecoderStackParts", "native_decoder_step"]
+
+
+@dataclass(frozen=True)
+class DecoderLayerParts:
+    """The modules of one pre-norm decoder layer (``x + o(attn(norm(x)))``, then ``x + down(silu(gate) * up)``)."""
+
+    modules: tuple[nn.Module, ...]  # every module whose forward the native step stands in for (hooks are checked)
+    input_norm: nn.Module
+    post_norm: nn.Module
+    q: nn.Module
+    k: nn.Module
+    v: nn.Module
+    o: nn.Module
+    gate: nn.Module
+    up: nn.Module
+    down: nn.Module
+    window: int | None = None  # sliding attention window of the layer, None for full attention
+
+
+@dataclass(frozen=True)
+class DecoderStackParts:
+    """A decoder stack as :func:`native_decoder_step` reads it."""
+
+    layers: tuple[DecoderLayerParts, ...]
+    final_norm: nn.Module
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    scaling: float
+
+
+_global_hooks = (
+    nn.modules.module._global_forward_hooks,
+    nn.modules.module._global_forward_pre_hooks,
+)
+
+
+class _NativeStack:
+    """The kernel's description of a stack, valid while its modules and tensors stay put."""
+
+    def __init__(
+        self, owner: nn.Module, parts: DecoderStackParts, tensors: list[tuple[dict, str, torch.Tensor]]
+    ) -> None:
+        self.parts = parts
+        self.modules = tuple(module for layer in parts.layers for module in layer.modules) + (parts.final_norm,)
+        # A submodule replaced anywhere in the owner's tree invalidates the description.
+        self.children = [
+            (module._modules, name, child) for module in owner.modules() for name, child in module._modules.items()
+        ]
+        self.watched = tensors
+        # .to() or new storage through .data changes an address without replacing the tensor object; one
+        # tensor per module catches a moved module.
+        self.addresses = [(tensor, tensor.data_ptr()) for _, key, tensor in tensors if key in ("weight", "qweight")]
+        first = parts.layers[0]
+        self.hidden = first.q.in_features
+        self.intermediate = first.gate.out_features
+        self.layers = (kernels.DecoderLayer * len(parts.layers))()
+        self.model = kernels.DecoderModel(
+            layers=len(parts.layers),
+            hidden=self.hidden,
+            heads=parts.num_heads,
+            kv_heads=parts.num_kv_heads,
+            head_dim=parts.head_dim,
+            intermediate=self.intermediate,
+            eps=parts.final_norm.variance_epsilon,
+            scaling=parts.scaling,
+            layer=self.layers,
+            final_norm=parts.final_norm.weight.data_ptr(),
+        )
+        for slot, layer in zip(self.layers, parts.layers):
+            slot.input_norm = layer.input_norm.weight.data_ptr()
+            slot.post_norm = layer.post_norm.weight.data_ptr()
+            for target, module in zip((*slot.qkv, slot.o, *slot.gate_up, slot.down), _projections(layer)):
+                _describe(target, module)
+            slot.window = layer.window or 0
+        self.cache_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        work = self.hidden * self.intermediate * 3 * len(parts.layers)
+        self.parallel = work >= PARALLEL_MIN_WORK
+
+    def still_valid(self) -> bool:
+        for module in self.modules:
+            if module._forward_hooks or module._forward_pre_hooks or module.training:
+                return False
+        for owner, name, child in self.children:
+            if owner.get(name) is not child:
+                return False
+        for owner, key, tensor in self.watched:
+            if owner.get(key) is not tensor:
+                return False
+        for tensor, address in self.addresses:
+            if tensor.data_ptr() != address:
+                return False
+        return True
+
+    def bind_cache(self, buffers: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
+        """Point the layers at the cache's storage; False when its layout does not fit."""
+        if len(buffers) != len(self.layers):
+            return False
+        expected = (1, self.parts.num_kv_heads)
+        for index, (keys, values) in enumerate(buffers):
+            if index < len(self.cache_buffers) and self.cache_buffers[index][0] is keys and self.cache_buffers[index][1] is values:
+                continue
+            for stored in (keys, values):
+                if (
+                    stored.dtype is not torch.float32
+                    or not stored.is_cpu
+                    or not stored.is_contiguous()
+                    or tuple(stored.shape[:2]) != expected
+                    or stored.shape[3] != self.parts.head_dim
+                ):
+                    return False
+            if keys.shape != values.shape:
+                return False
+            self.layers[index].keys, self.layers[index].values = keys.data_ptr(), values.data_ptr()
+            self.layers[index].capacity = keys.shape[2]
+        self.cache_buffers = list(buffers)
+        return True
+
+
+def _projections(layer: DecoderLayerParts) -> tuple[nn.Module, ...]:
+    return (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down)
+
+
+def _describe(target: kernels.Matrix, module: nn.Module) -> None:
+    values, scales, mins, bias = _layer_tensors(module, module.in_features)
+    target.kind, target.rows = _kind(values[2], module), module.out_features
+    target.values, target.scales, target.mins, target.bias = (
+        None if entry[2] is None else entry[2].data_ptr() for entry in (values, scales, mins, bias)
+    )
+
+
+def _norm_tensor(norm: nn.Module, size: int) -> list[tuple[dict, str, torch.Tensor]] | None:
+    weight = norm._parameters.get("weight") if type(norm) is RMSNorm else None
+    if weight is None or weight.dtype is not torch.float32 or not weight.is_cpu or not weight.is_contiguous():
+        return None
+    return [(norm._parameters, "weight", weight)] if weight.shape == (size,) else None
+
+
+def _build(owner: nn.Module, parts: DecoderStackParts) -> _NativeStack | None:
+    """The native description of ``parts``, or None when some part is not what the kernel computes."""
+    if not parts.layers:
+        return None
+    first = parts.layers[0]
+    hidden, intermediate = first.q.in_features, first.gate.out_features
+    heads, kv_heads, head_dim = parts.num_heads, parts.num_kv_heads, parts.head_dim
+    if kv_heads <= 0 or heads % kv_heads or head_dim % 2:
+        return None
+    epsilons = {parts.final_norm.variance_epsilon}
+    tensors = _norm_tensor(parts.final_norm, hidden)
+    if tensors is None:
+        return None
+    shapes = {
+        "q": (hidden, heads * head_dim),
+        "k": (hidden, kv_heads * head_dim),
+        "v": (hidden, kv_heads * head_dim),
+        "o": (heads * head_dim, hidden),
+        "gate": (hidden, intermediate),
+        "up": (hidden, intermediate),
+        "down": (intermediate, hidden),
+    }
+    for layer in parts.layers:
+        for norm in (layer.input_norm, layer.post_norm):
+            found = _norm_tensor(norm, hidden)
+            if found is None:
+                return None
+            tensors.extend(found)
+            epsilons.add(norm.variance_epsilon)
+        for name, (in_features, out_features) in shapes.items():
+            module = getattr(layer, name)
+            if getattr(module, "in_features", None) != in_features or getattr(module, "out_features", None) != out_features:
+                return None
+            found = _layer_tensors(module, in_features)
+            if found is None:
+                return None
+            tensors.extend(entry for entry in found if entry[2] is not None)
+    if len(epsilons) != 1:
+        return None
+    return _NativeStack(owner, parts, tensors)
+
+
+_stacks: "weakref.WeakKeyDictionary[nn.Module, _NativeStack | None]" = weakref.WeakKeyDictionary()
+
+
+def _stack_for(owner: nn.Module, describe: Callable[[], DecoderStackParts | None]) -> _NativeStack | None:
+    stack = _stacks.get(owner)
+    if stack is not None and stack.still_valid():
+        return stack
+    parts = describe()
+    stack = _build(owner, parts) if parts is not None else None
+    _stacks[owner] = stack
+    return stack
+
+
+def native_decoder_step(
+    owner: nn.Module,
+    describe: Callable[[], DecoderStackParts | None],
+    hidden_states: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    cache: object,
+    cache_position: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+) -> torch.Tensor | None:
+    """Decode one token through the stack ``describe()`` returns for ``owner``; None where it does not apply.
+
+    ``hidden_states`` [1, 1, hidden] are the new token's input embeddings and
+    ``cos``/``sin`` [1, 1, head_dim] its rotary factors. The new keys and
+    values are written into ``cache``; returns the final-normed hidden state
+    [1, 1, hidden].
+    """
+    if (
+        hidden_states.shape[:2] != (1, 1)
+        or hidden_states.dtype is not torch.float32
+        or not hidden_states.is_cpu
+        or torch.compiler.is_compiling()
+        or any(_global_hooks)
+    ):
+        return None
+    if torch.is_grad_enabled():
+        return None
+    claim = getattr(cache, "claim_decode_slot", None)
+    if claim is None or cos.shape[-1] * cos.shape[1] * cos.shape[0] != cos.numel():
+        return None
+    library = kernels.library()
+    if library is None:
+        return None
+    stack = _stack_for(owner, describe)
+    if stack is None or cos.shape[-1] != stack.parts.head_dim or cos.dtype is not torch.float32:
+        return None
+    if attention_mask is not None and (attention_mask.shape[0] != 1 or not bool(attention_mask.all())):
+        return None  # padding: the kernel attends to every stored token
+    claimed = claim(cache_position, len(stack.layers))
+    if claimed is None:
+        return None
+    slot, buffers = claimed
+    if not stack.bind_cache(buffers):
+        raise RuntimeError(f"{type(cache).__name__} handed out storage the native decoder step cannot read")
+    hidden = hidden_states.reshape(-1).clone()
+    normed = torch.empty_like(hidden)
+    cos, sin = cos.reshape(-1).contiguous(), sin.reshape(-1).contiguous()
+    threads = torch.get_num_threads() if stack.parallel else 1
+    status = library.bd_decode(
+        ctypes.byref(stack.model), hidden.data_ptr(), cos.data_ptr(), sin.data_ptr(), slot, normed.data_ptr(), threads,
+        quantized_activations(),
+    )
+    if status != 0:
+        raise MemoryError("the native decoder step could not allocate its scratch memory")
+    return normed.view(1, 1, -1)
+
