@@ -455,16 +455,11 @@ HOOKED = {
     "q-projection": lambda model: model.model.layers[0].self_attn.q_proj,
     "down-projection": lambda model: model.model.layers[1].mlp.down_proj,
 }
-HOOK_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="decoder_step._build never checks hooks (or training) on a layer's own modules, only still_valid() does, "
-    "and a failed still_valid() rebuilds the stack: hooks on layers, attention, MLPs and norms never fire",
-)
 
 
 @pytest.mark.parametrize(
     "where",
-    [pytest.param(name, marks=() if name.endswith("projection") else HOOK_BUG) for name in sorted(HOOKED)],
+    sorted(HOOKED),
 )
 @pytest.mark.parametrize("kind", ["forward", "pre-forward"])
 def test_a_hook_turns_the_native_step_off(native, where, kind):
@@ -482,20 +477,11 @@ def test_a_hook_turns_the_native_step_off(native, where, kind):
     assert_native_matches_modules(native, model, ids, new_tokens=6)  # and the native step comes back
 
 
-LATE_PROJECTION_HOOK_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="_NativeStack.still_valid() checks hooks on the layer, attention, MLP, activation and norms but not on "
-    "q/k/v/o/gate/up/down: a projection hook registered after the stack was built never fires",
-)
 
 
 @pytest.mark.parametrize(
     "where",
-    [
-        pytest.param("decoder-layer", marks=HOOK_BUG),
-        pytest.param("q-projection", marks=LATE_PROJECTION_HOOK_BUG),
-        pytest.param("down-projection", marks=LATE_PROJECTION_HOOK_BUG),
-    ],
+    ["decoder-layer", "q-projection", "down-projection"],
 )
 def test_a_hook_added_after_native_steps_turns_it_off(native, where):
     model = tiny("llama")
@@ -568,14 +554,8 @@ def test_two_sequences_use_the_modules(native):
     assert_modules_decode(native, model, prompt(7, batch=2), new_tokens=6)
 
 
-TRAINING_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="decoder_step._build does not check module.training: the first step of a stack in training mode (and every "
-    "step after still_valid() fails because of it) runs the kernel, which has no dropout",
-)
 
 
-@TRAINING_BUG
 def test_training_mode_uses_the_modules(native):
     model = tiny("llama", attention_dropout=0.0)
     model.train()
@@ -583,7 +563,6 @@ def test_training_mode_uses_the_modules(native):
         assert_modules_decode(native, model, prompt(7), new_tokens=5)
 
 
-@TRAINING_BUG
 def test_training_mode_after_native_steps_uses_the_modules(native):
     model = tiny("llama", attention_dropout=0.0)
     ids = prompt(7)
@@ -747,9 +726,9 @@ CHANGES = {
     ),
     "in-place-edit": lambda model: model.model.layers[0].self_attn.v_proj.weight.data.mul_(-2.0),
     "new-final-norm": lambda model: setattr(model.model, "norm", RMSNorm(64, eps=model.config.rms_norm_eps)),
-    "new-decoder-layer": lambda model: setattr(model.model.layers, "1", redraw(LlamaDecoderLayer(model.config, 1), 9)),
+    "new-decoder-layer": lambda model: setattr(model.model.layers, "1", redraw(LlamaDecoderLayer(model.config, 1), 9).eval()),
     "new-layer-list": lambda model: setattr(
-        model.model, "layers", nn.ModuleList([model.model.layers[0], redraw(LlamaDecoderLayer(model.config, 1), 9)])
+        model.model, "layers", nn.ModuleList([model.model.layers[0], redraw(LlamaDecoderLayer(model.config, 1), 9).eval()])
     ),
 }
 
@@ -768,11 +747,6 @@ def _new_bias_storage(model: nn.Module) -> None:
     bias.data = torch.randn(bias.shape) * 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="only weight/qweight addresses are watched: a bias given new storage through .data keeps being read "
-    "at its old address (by the decoder step and by projection plans alike)",
-)
 def test_the_next_native_step_reads_a_bias_given_new_storage(native):
     try:
         continue_both_ways(native, tiny("qwen2"), _new_bias_storage)

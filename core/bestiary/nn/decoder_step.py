@@ -79,15 +79,14 @@ class _NativeStack:
         self, owner: nn.Module, parts: DecoderStackParts, tensors: list[tuple[dict, str, torch.Tensor]]
     ) -> None:
         self.parts = parts
-        self.modules = tuple(module for layer in parts.layers for module in layer.modules) + (parts.final_norm,)
+        self.modules = _covered_modules(parts)
         # A submodule replaced anywhere in the owner's tree invalidates the description.
         self.children = [
             (module._modules, name, child) for module in owner.modules() for name, child in module._modules.items()
         ]
         self.watched = tensors
-        # .to() or new storage through .data changes an address without replacing the tensor object; one
-        # tensor per module catches a moved module.
-        self.addresses = [(tensor, tensor.data_ptr()) for _, key, tensor in tensors if key in ("weight", "qweight")]
+        # .to() or new storage through .data changes an address without replacing the tensor object.
+        self.addresses = [(tensor, tensor.data_ptr()) for _, _, tensor in tensors]
         first = parts.layers[0]
         self.hidden = first.q.in_features
         self.intermediate = first.gate.out_features
@@ -115,9 +114,8 @@ class _NativeStack:
         self.parallel = work >= PARALLEL_MIN_WORK
 
     def still_valid(self) -> bool:
-        for module in self.modules:
-            if module._forward_hooks or module._forward_pre_hooks or module.training:
-                return False
+        if not _runs_plainly(self.modules):
+            return False
         for owner, name, child in self.children:
             if owner.get(name) is not child:
                 return False
@@ -154,6 +152,26 @@ class _NativeStack:
         return True
 
 
+def _covered_modules(parts: DecoderStackParts) -> tuple[tuple[nn.Module, ...], tuple[nn.Module, ...]]:
+    """Every module whose forward the native step stands in for, and those of them that act differently in
+    training mode (the layers' own modules: attention dropout; projections and norms do not)."""
+    layer_modules = tuple(module for layer in parts.layers for module in layer.modules)
+    others = tuple(module for layer in parts.layers for module in _projections(layer))
+    return (*layer_modules, *others, parts.final_norm), layer_modules
+
+
+def _runs_plainly(modules: tuple[tuple[nn.Module, ...], tuple[nn.Module, ...]]) -> bool:
+    """No hooks to call and no training-mode behaviour to reproduce."""
+    covered, trainable = modules
+    for module in covered:
+        if module._forward_hooks or module._forward_pre_hooks:
+            return False
+    for module in trainable:
+        if module.training:
+            return False
+    return True
+
+
 def _projections(layer: DecoderLayerParts) -> tuple[nn.Module, ...]:
     return (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down)
 
@@ -175,7 +193,7 @@ def _norm_tensor(norm: nn.Module, size: int) -> list[tuple[dict, str, torch.Tens
 
 def _build(owner: nn.Module, parts: DecoderStackParts) -> _NativeStack | None:
     """The native description of ``parts``, or None when some part is not what the kernel computes."""
-    if not parts.layers:
+    if not parts.layers or not _runs_plainly(_covered_modules(parts)):
         return None
     first = parts.layers[0]
     hidden, intermediate = first.q.in_features, first.gate.out_features
@@ -245,15 +263,25 @@ def native_decoder_step(
     values are written into ``cache``; returns the final-normed hidden state
     [1, 1, hidden].
     """
-    if (
-        hidden_states.shape[:2] != (1, 1)
-        or hidden_states.dtype is not torch.float32
-        or not hidden_states.is_cpu
-        or torch.compiler.is_compiling()
-        or any(_global_hooks)
-    ):
+    if hidden_states.shape[:2] != (1, 1) or hidden_states.dtype is not torch.float32 or not hidden_states.is_cpu:
         return None
-    if torch.is_grad_enabled():
+    if torch.compiler.is_compiling():
+        # A compiled decode step (static cache + compile_decode) calls the kernel between two graphs.
+        return _step_between_graphs(owner, describe, hidden_states, cos, sin, cache, cache_position, attention_mask)
+    return _step(owner, describe, hidden_states, cos, sin, cache, cache_position, attention_mask)
+
+
+def _step(
+    owner: nn.Module,
+    describe: Callable[[], DecoderStackParts | None],
+    hidden_states: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    cache: object,
+    cache_position: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+) -> torch.Tensor | None:
+    if torch.is_grad_enabled() or any(_global_hooks):
         return None
     claim = getattr(cache, "claim_decode_slot", None)
     if claim is None or cos.shape[-1] * cos.shape[1] * cos.shape[0] != cos.numel():
@@ -284,3 +312,6 @@ def native_decoder_step(
         raise MemoryError("the native decoder step could not allocate its scratch memory")
     return normed.view(1, 1, -1)
 
+
+
+_step_between_graphs = torch.compiler.disable(_step, reason="the native decoder step runs outside the graph")

@@ -79,9 +79,9 @@ class _Plan:
         # (owner dict, key, tensor) for every tensor the kernel reads, checked on each call, so a replaced
         # weight rebuilds the plan instead of being read at a stale address.
         self.watched = [(owner, key, t) for owner, key, t in tensors if t is not None]
-        # A module moved with .to() or given new storage through .data changes the address of its first
-        # tensor (weight or packed values): one data_ptr() per layer catches it.
-        self.addresses = [(tensors[4 * i][2], tensors[4 * i][2].data_ptr()) for i in range(len(layers))]
+        # A module moved with .to(), or a tensor given new storage through .data, changes an address
+        # without replacing the tensor object.
+        self.addresses = [(t, t.data_ptr()) for _, _, t in self.watched]
         entries = []
         for index, layer in enumerate(layers):
             values, scales, mins, bias = (t for _, _, t in tensors[4 * index : 4 * index + 4])

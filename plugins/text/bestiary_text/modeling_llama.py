@@ -177,6 +177,7 @@ class LlamaModel(LlamaPreTrainedModel):
                 or type(attention).forward is not LlamaAttention.forward
                 or type(mlp).forward is not LlamaMLP.forward
                 or type(mlp.act_fn) is not nn.SiLU
+                or attention.layer_idx != layer_idx  # the kernel pairs cache layers with positions in the stack
             ):
                 return None
             layers.append(
