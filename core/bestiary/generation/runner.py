@@ -275,9 +275,11 @@ def compiled_decode_step(model: Any, options: dict[str, Any] | None = None):
     step = steps.get(key)
     if step is None:
         if _on_cpu(model):
+            from bestiary.nn.decoder_step import prepare_for_compile
             from bestiary.nn.projection import native_matvec_available
 
             native_matvec_available()  # compiled graphs call the native projections only if already loaded
+            prepare_for_compile()
 
         def decode(inputs: dict[str, Any]) -> torch.Tensor:
             return model(**inputs).logits

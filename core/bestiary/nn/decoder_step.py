@@ -34,7 +34,7 @@ from bestiary.nn import kernels
 from bestiary.nn.norms import RMSNorm
 from bestiary.nn.projection import PARALLEL_MIN_WORK, _layer_tensors, _kind, quantized_activations
 
-__all__ = ["DecoderLayerParts", "DecoderStackParts", "native_decoder_step"]
+__all__ = ["DecoderLayerParts", "DecoderStackParts", "native_decoder_step", "prepare_for_compile"]
 
 
 @dataclass(frozen=True)
@@ -267,6 +267,8 @@ def native_decoder_step(
         return None
     if torch.compiler.is_compiling():
         # A compiled decode step (static cache + compile_decode) calls the kernel between two graphs.
+        if _step_between_graphs is None:
+            return None
         return _step_between_graphs(owner, describe, hidden_states, cos, sin, cache, cache_position, attention_mask)
     return _step(owner, describe, hidden_states, cos, sin, cache, cache_position, attention_mask)
 
@@ -314,4 +316,14 @@ def _step(
 
 
 
-_step_between_graphs = torch.compiler.disable(_step, reason="the native decoder step runs outside the graph")
+_step_between_graphs: Callable[..., torch.Tensor | None] | None = None
+
+
+def prepare_for_compile() -> None:
+    """Let graphs being compiled call the native step (between two graphs). Call it before ``torch.compile``.
+
+    Not done at import: ``torch.compiler.disable`` imports dynamo, about 3 s and 150 MB.
+    """
+    global _step_between_graphs
+    if _step_between_graphs is None:
+        _step_between_graphs = torch.compiler.disable(_step, reason="the native decoder step runs outside the graph")
