@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 from pathlib import Path
 
 import gguf
@@ -124,6 +126,28 @@ def test_kept_quantized_model_takes_under_0_3x_of_fp32(smollm: Path) -> None:
     fp32 = resident_bytes(load(smollm))
     packed = resident_bytes(load(smollm, keep_quantized=True))
     assert packed <= 0.3 * fp32, (packed, fp32)
+
+
+def _resident_pages(start: int, length: int) -> int:
+    """How many pages of this process's memory in [start, start + length) are resident (Linux pagemap)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    first, last = start // page, (start + length - 1) // page
+    with open("/proc/self/pagemap", "rb") as pagemap:
+        pagemap.seek(first * 8)
+        entries = np.frombuffer(pagemap.read((last - first + 1) * 8), dtype="<u8")
+    return int((entries >> np.uint64(63)).sum())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/pagemap")
+@pytest.mark.parametrize("keep_quantized", [False, True])
+def test_file_pages_are_released_after_loading(smollm: Path, keep_quantized: bool) -> None:
+    loading.clear_gguf_cache()
+    load(smollm, keep_quantized=keep_quantized)
+    tensors = loading.shared_gguf_file(smollm).tensors  # the mapping the load used, still cached
+    mapped = sum(info.n_bytes for info in tensors)
+    resident = sum(_resident_pages(info.data.ctypes.data, info.n_bytes) for info in tensors) * os.sysconf("SC_PAGE_SIZE")
+    assert mapped > 80 * 2**20
+    assert resident <= 0.02 * mapped, f"{resident / 2**20:.1f} MiB of {mapped / 2**20:.1f} MiB still resident"
 
 
 # ---------------------------------------------------------------- the loader's mechanics

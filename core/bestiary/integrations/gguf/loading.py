@@ -244,7 +244,14 @@ class GGUFWeightSource:
         return filled
 
     def close(self) -> None:
-        """Drop this source's references (the parsed header stays shared; see :func:`clear_gguf_cache`)."""
+        """Drop this source's references (the parsed header stays shared; see :func:`clear_gguf_cache`).
+
+        Pages released after each tensor come back when a neighbour is read
+        (the kernel maps pages around a fault), so every tensor's pages are
+        released again here: about 55 MiB of a 94 MiB file stayed resident otherwise.
+        """
+        for info in self.file.tensors:
+            release_pages(info)
         self.to_gguf, self.unmapped = {}, []
 
 
