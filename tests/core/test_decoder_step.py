@@ -372,6 +372,35 @@ def test_static_cache_with_a_sliding_window(native):
     assert_native_matches_modules(native, model, prompt(9), new_tokens=25, cache_implementation="static")
 
 
+class CountingKernels:
+    """Stands in for the loaded kernel library, counting whole-stack decoding calls (made outside any graph)."""
+
+    def __init__(self, library) -> None:
+        self.library = library
+        self.steps = 0
+
+    def __getattr__(self, name: str):
+        if name == "bd_decode":
+            self.steps += 1
+        return getattr(self.library, name)
+
+
+@pytest.mark.parametrize("fullgraph", [False, True], ids=["graph-breaks-allowed", "fullgraph"])
+def test_compiled_decode_steps_call_the_native_step_unless_fullgraph(monkeypatch, fullgraph):
+    import torch._dynamo
+
+    torch._dynamo.reset()  # compiled code is cached per function, across models and options
+    counting = CountingKernels(kernels.library())
+    monkeypatch.setattr(kernels, "library", lambda: counting)
+    model, ids = tiny("llama", rope_scaling=LLAMA3), prompt(7)
+    expected = greedy(model, ids, 12, cache_implementation="static")
+    counting.steps = 0
+    options = {"backend": "eager", "fullgraph": fullgraph}  # a fullgraph step must not break its graph
+    got = greedy(model, ids, 12, cache_implementation="static", compile_decode=True, compile_config=options)
+    assert counting.steps == (0 if fullgraph else 11)
+    assert_same_decoding(expected, got)
+
+
 def test_a_static_cache_passed_in_with_a_one_token_prompt(native):
     model = tiny("llama")
     cache = StaticCache(max_cache_len=64)
@@ -609,6 +638,21 @@ def test_no_grad_by_hand_takes_the_native_step(native):
         got = decode_by_hand(model, ids, 5, DynamicCache())
     assert native.taken == 5
     torch.testing.assert_close(got, expected, rtol=0, atol=ATOL)
+
+
+def test_a_cache_position_behind_the_dynamic_cache_uses_the_modules(native):
+    model, ids = tiny("llama"), prompt(7)
+    token = torch.tensor([[5]])
+    with torch.no_grad():
+        cache = DynamicCache()
+        model(ids, past_key_values=cache, use_cache=True)
+        twin = copy.deepcopy(cache)
+        with native.off():
+            expected = model(token, past_key_values=twin, cache_position=torch.tensor([3])).logits
+        native.reset()
+        got = model(token, past_key_values=cache, cache_position=torch.tensor([3])).logits
+    assert (native.taken, native.declined) == (0, 1)  # stored at slot 7, masked as position 3
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_bfloat16_models_use_the_modules(native):

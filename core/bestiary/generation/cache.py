@@ -170,6 +170,8 @@ class DynamicCache(Cache):
         if len(lengths) != num_layers or cache_position.shape[0] != 1 or min(lengths) != max(lengths):
             return None  # before the prompt filled every layer, or after layers were written unevenly
         slot = lengths[0]
+        if int(cache_position[0]) != slot:
+            return None  # the module path masks by cache_position; the kernel attends to every stored token
         for layer_idx in range(num_layers):
             keys, values = self._keys[layer_idx], self._values[layer_idx]
             self._ensure_capacity(layer_idx, keys, values, slot + 1)

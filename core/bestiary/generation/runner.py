@@ -26,6 +26,7 @@ the inputs without touching the strategies.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -274,19 +275,29 @@ def compiled_decode_step(model: Any, options: dict[str, Any] | None = None):
     steps = model.__dict__.setdefault("_bestiary_compiled_decode_steps", {})
     step = steps.get(key)
     if step is None:
-        if _on_cpu(model):
-            from bestiary.nn.decoder_step import prepare_for_compile
-            from bestiary.nn.projection import native_matvec_available
-
-            native_matvec_available()  # compiled graphs call the native projections only if already loaded
-            prepare_for_compile()
-
         def decode(inputs: dict[str, Any]) -> torch.Tensor:
             return model(**inputs).logits
 
         step = torch.compile(decode, **options)
+        if _on_cpu(model):
+            from bestiary.nn.projection import native_matvec_available
+
+            native_matvec_available()  # compiled graphs call the native projections only if already loaded
+            if not options["fullgraph"]:
+                step = _with_native_steps(step)
         steps[key] = step
         logger.info("Compiling the decode step of %s (the first steps are slow).", type(model).__name__)
+    return step
+
+
+def _with_native_steps(compiled: Callable[[dict[str, Any]], torch.Tensor]) -> Callable[[dict[str, Any]], torch.Tensor]:
+    """The compiled step, free to run the native decoder step between two graphs (one C call per token)."""
+    from bestiary.nn.decoder_step import native_steps_between_graphs
+
+    def step(inputs: dict[str, Any]) -> torch.Tensor:
+        with native_steps_between_graphs():
+            return compiled(inputs)
+
     return step
 
 

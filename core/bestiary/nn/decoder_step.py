@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import ctypes
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +35,7 @@ from bestiary.nn import kernels
 from bestiary.nn.norms import RMSNorm
 from bestiary.nn.projection import PARALLEL_MIN_WORK, _layer_tensors, _kind, quantized_activations
 
-__all__ = ["DecoderLayerParts", "DecoderStackParts", "native_decoder_step", "prepare_for_compile"]
+__all__ = ["DecoderLayerParts", "DecoderStackParts", "native_decoder_step", "native_steps_between_graphs"]
 
 
 @dataclass(frozen=True)
@@ -266,8 +267,9 @@ def native_decoder_step(
     if hidden_states.shape[:2] != (1, 1) or hidden_states.dtype is not torch.float32 or not hidden_states.is_cpu:
         return None
     if torch.compiler.is_compiling():
-        # A compiled decode step (static cache + compile_decode) calls the kernel between two graphs.
-        if _step_between_graphs is None:
+        # A compiled decode step (static cache + compile_decode) may call the kernel between two graphs.
+        # Dynamo guards on the global it reads here, so a graph traced without permission stays whole.
+        if not _between_graphs_allowed or _step_between_graphs is None:
             return None
         return _step_between_graphs(owner, describe, hidden_states, cos, sin, cache, cache_position, attention_mask)
     return _step(owner, describe, hidden_states, cos, sin, cache, cache_position, attention_mask)
@@ -315,15 +317,23 @@ def _step(
     return normed.view(1, 1, -1)
 
 
-
 _step_between_graphs: Callable[..., torch.Tensor | None] | None = None
+_between_graphs_allowed = False
 
 
-def prepare_for_compile() -> None:
-    """Let graphs being compiled call the native step (between two graphs). Call it before ``torch.compile``.
+@contextmanager
+def native_steps_between_graphs() -> Iterator[None]:
+    """Let a decode step compiled and run inside this block call the native step (a graph break).
 
-    Not done at import: ``torch.compiler.disable`` imports dynamo, about 3 s and 150 MB.
+    ``torch.compile(..., fullgraph=True)`` steps must not enter it. The disabled
+    wrapper is made on first use, not at import: ``torch.compiler.disable``
+    imports dynamo (about 3 s and 150 MB).
     """
-    global _step_between_graphs
+    global _step_between_graphs, _between_graphs_allowed
     if _step_between_graphs is None:
         _step_between_graphs = torch.compiler.disable(_step, reason="the native decoder step runs outside the graph")
+    previous, _between_graphs_allowed = _between_graphs_allowed, True
+    try:
+        yield
+    finally:
+        _between_graphs_allowed = previous
