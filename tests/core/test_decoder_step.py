@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import platform
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -653,6 +654,26 @@ def test_a_cache_position_behind_the_dynamic_cache_uses_the_modules(native):
         got = model(token, past_key_values=cache, cache_position=torch.tensor([3])).logits
     assert (native.taken, native.declined) == (0, 1)  # stored at slot 7, masked as position 3
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_threads_decoding_with_one_model_keep_their_own_caches(native):
+    model = tiny("llama")
+    prompts = [prompt(7, seed=seed) for seed in range(4)]
+    with native.off():
+        expected = [model.generate(ids, max_new_tokens=30, do_sample=False) for ids in prompts]
+    agree: list[bool] = []
+
+    def decode(index: int) -> None:
+        for _ in range(3):
+            agree.append(torch.equal(model.generate(prompts[index], max_new_tokens=30, do_sample=False), expected[index]))
+
+    threads = [threading.Thread(target=decode, args=(index,)) for index in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert native.taken > 0
+    assert agree == [True] * 12
 
 
 def test_bfloat16_models_use_the_modules(native):

@@ -23,6 +23,7 @@ or device, norms with different epsilons, or a partial rotary dimension.
 from __future__ import annotations
 
 import ctypes
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -111,6 +112,9 @@ class _NativeStack:
                 _describe(target, module)
             slot.window = layer.window or 0
         self.cache_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # The layer descriptions point at one cache at a time: threads decoding with this model take turns
+        # from binding their cache to the end of the kernel call (which releases the GIL).
+        self.lock = threading.Lock()
         work = self.hidden * self.intermediate * 3 * len(parts.layers)
         self.parallel = work >= PARALLEL_MIN_WORK
 
@@ -302,16 +306,17 @@ def _step(
     if claimed is None:
         return None
     slot, buffers = claimed
-    if not stack.bind_cache(buffers):
-        raise RuntimeError(f"{type(cache).__name__} handed out storage the native decoder step cannot read")
     hidden = hidden_states.reshape(-1).clone()
     normed = torch.empty_like(hidden)
     cos, sin = cos.reshape(-1).contiguous(), sin.reshape(-1).contiguous()
     threads = torch.get_num_threads() if stack.parallel else 1
-    status = library.bd_decode(
-        ctypes.byref(stack.model), hidden.data_ptr(), cos.data_ptr(), sin.data_ptr(), slot, normed.data_ptr(), threads,
-        quantized_activations(),
-    )
+    with stack.lock:
+        if not stack.bind_cache(buffers):
+            raise RuntimeError(f"{type(cache).__name__} handed out storage the native decoder step cannot read")
+        status = library.bd_decode(
+            ctypes.byref(stack.model), hidden.data_ptr(), cos.data_ptr(), sin.data_ptr(), slot, normed.data_ptr(),
+            threads, quantized_activations(),
+        )
     if status != 0:
         raise MemoryError("the native decoder step could not allocate its scratch memory")
     return normed.view(1, 1, -1)
