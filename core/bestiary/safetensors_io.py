@@ -19,6 +19,7 @@ from typing import Iterable, Mapping
 import torch
 
 from bestiary.errors import CheckpointError
+from bestiary.files import atomic_path
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -148,15 +149,9 @@ def save_file(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, meta
     """Write ``tensors`` to ``path`` atomically (temporary file, then rename)."""
     from safetensors.torch import save_file as _save
 
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     contiguous = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
-    try:
+    with atomic_path(path) as temporary:
         _save(contiguous, str(temporary), metadata={"format": "pt", **(metadata or {})})
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 def tensor_nbytes(tensors: Iterable[torch.Tensor]) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -175,6 +177,22 @@ def test_save_is_atomic_and_removes_stale_shards(reference_folder, tmp_path, mon
         io.save_file({"a": torch.zeros(2)}, target / "model.safetensors")
     assert (target / "model.safetensors").read_bytes() == before
     assert not [p for p in target.iterdir() if p.name.startswith(".")]
+
+
+def test_saved_files_get_the_usual_permissions(reference_folder, tmp_path):
+    """Atomic saves must not leave the temporary file's private 0600 mode on the result."""
+    folder, _ = reference_folder
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    previous = os.umask(0o022)
+    try:
+        model.save_pretrained(tmp_path / "out")
+        model.save_pretrained(tmp_path / "gguf", gguf="model.gguf:F32")
+    finally:
+        os.umask(previous)
+    written = [*sorted((tmp_path / "out").iterdir()), tmp_path / "gguf" / "model.gguf"]
+    assert len(written) >= 3
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
 
 
 def test_device_and_dtype_options(reference_folder):

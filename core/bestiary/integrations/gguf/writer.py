@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -22,6 +21,7 @@ import torch
 from gguf import GGUFValueType, GGUFWriter
 
 from bestiary.errors import CheckpointError, ConfigError
+from bestiary.files import atomic_path
 
 from .ggml_types import GGMLQuantizationType, resolve_type
 from .quantizer import can_quantize, quantize
@@ -141,30 +141,25 @@ def write_gguf(
         )
     overrides = {name: resolve_type(value) for name, value in (tensor_types or {}).items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
     try:
-        writer = GGUFWriter(temp_name, arch, use_temp_file=True)
-        for key, value in metadata.items():
-            if key == "general.architecture":
-                continue
-            if key == "general.alignment":
-                _set_alignment(writer, value)
-                continue
-            typed = _typed(key, value)
-            writer.add_key_value(key, typed.value, typed.value_type, sub_type=typed.item_type)
-        for name, tensor in tensors:
-            ggml_type = overrides.get(name) or choose_tensor_type(name, tuple(tensor.shape), requested)
-            _add_tensor(writer, name, tensor, ggml_type)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(temp_name, path)
-    except BaseException as error:
-        Path(temp_name).unlink(missing_ok=True)
-        if isinstance(error, (OSError,)) and not isinstance(error, CheckpointError):
-            raise CheckpointError(f"Cannot write GGUF file {path}: {error}") from error
-        raise
+        with atomic_path(path) as temporary:
+            writer = GGUFWriter(str(temporary), arch, use_temp_file=True)
+            for key, value in metadata.items():
+                if key == "general.architecture":
+                    continue
+                if key == "general.alignment":
+                    _set_alignment(writer, value)
+                    continue
+                typed = _typed(key, value)
+                writer.add_key_value(key, typed.value, typed.value_type, sub_type=typed.item_type)
+            for name, tensor in tensors:
+                ggml_type = overrides.get(name) or choose_tensor_type(name, tuple(tensor.shape), requested)
+                _add_tensor(writer, name, tensor, ggml_type)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
+    except OSError as error:
+        raise CheckpointError(f"Cannot write GGUF file {path}: {error}") from error
     logger.info("Wrote GGUF file %s", path)
     return path
