@@ -77,6 +77,59 @@ def test_f32_round_trip_gives_identical_logits(family: str, llama: Path, qwen2: 
         assert torch.equal(again.state_dict()[name], tensor), name
 
 
+WINDOWED = {
+    # windows shorter than IDS, so a lost window changes the logits
+    "mistral": ("mistral", dict(sliding_window=4)),
+    "qwen2-some-layers": ("qwen2", dict(use_sliding_window=True, sliding_window=3, max_window_layers=1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WINDOWED))
+def test_sliding_windows_survive_the_round_trip(name: str, tmp_path: Path) -> None:
+    family, overrides = WINDOWED[name]
+    model, path = export(tiny_folder(family, tmp_path / "hf", **overrides), tmp_path, "F32")
+    again = reload(path)
+    assert type(again) is type(model)
+    windows = [model.config.layer_sliding_window(i) for i in range(TINY["num_hidden_layers"])]
+    assert [again.config.layer_sliding_window(i) for i in range(TINY["num_hidden_layers"])] == windows
+    assert any(windows)
+    assert torch.equal(logits(again), logits(model))
+
+
+def test_a_mistral_without_a_window_is_written_and_read_as_llama(tmp_path: Path) -> None:
+    model, path = export(tiny_folder("mistral", tmp_path / "hf", sliding_window=None), tmp_path, "F32")
+    again = reload(path)
+    assert again.config.model_type == "llama"  # llama.cpp has no mistral architecture: the same computation
+    assert torch.equal(logits(again), logits(model))
+
+
+ROPE_VARIANTS = {
+    "linear": {"rope_type": "linear", "factor": 2.0},
+    "dynamic": {"rope_type": "dynamic", "factor": 3.0},
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "beta_fast": 16.0},
+    "llama3": {
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+    },
+    "longrope": {
+        "rope_type": "longrope",
+        "short_factor": [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 9.0],
+        "long_factor": [2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0],
+        "original_max_position_embeddings": 8,
+    },
+}
+
+
+@pytest.mark.parametrize("variant", sorted(ROPE_VARIANTS))
+def test_rope_scaling_survives_the_round_trip(variant: str, tmp_path: Path) -> None:
+    rope = {"rope_theta": 5000.0, **ROPE_VARIANTS[variant]}
+    model, path = export(tiny_folder("llama", tmp_path / "hf", rope_parameters=rope), tmp_path, "F32")
+    again = reload(path)
+    assert again.config.rope_parameters == model.config.rope_parameters
+    long_ids = torch.arange(40).remainder(TINY["vocab_size"]).unsqueeze(0)  # past the original context
+    assert torch.equal(logits(again, long_ids), logits(model, long_ids))
+
+
 def fake_quantized(model: torch.nn.Module, ggml_type: gguf.GGMLQuantizationType) -> torch.nn.Module:
     """The model with every matrix replaced by its quantize -> dequantize round trip (gguf's reference)."""
     with torch.no_grad():
@@ -109,9 +162,11 @@ def test_f16_export_is_close(qwen2: Path, tmp_path: Path) -> None:
     assert torch.allclose(logits(reload(path)), logits(model), atol=2e-3, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
 def test_transformers_loads_the_exported_f16_file(family: str, llama: Path, qwen2: Path, tmp_path: Path) -> None:
-    _, path = export({"llama": llama, "qwen2": qwen2}[family], tmp_path, f"{family}.gguf:F16")
+    folders = {"llama": llama, "qwen2": qwen2}
+    folder = folders.get(family) or tiny_folder(family, tmp_path / "hf", sliding_window=None)
+    _, path = export(folder, tmp_path, f"{family}.gguf:F16")
     ours = reload(path)
     theirs = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     assert type(theirs).__name__ == type(ours).__name__

@@ -48,6 +48,11 @@ _BLOCK_NAMES = {
 _BLOCK = re.compile(r"^blk\.(\d+)\.(\w+)\.(weight|bias)$")
 _HF_BLOCK = re.compile(r"^model\.layers\.(\d+)\.([\w.]+)\.(weight|bias)$")
 _MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}
+# rope_parameters names llama.cpp spells its own way under "<arch>.rope.scaling."; others keep their names.
+_ROPE_KEYS_TO_GGUF = {"original_max_position_embeddings": "original_context_length"}
+_ROPE_KEYS_FROM_GGUF = {gguf: name for name, gguf in _ROPE_KEYS_TO_GGUF.items()}
+# Qwen2's first layer with a sliding window (no llama.cpp key; written and read by bestiary).
+_MAX_WINDOW_LAYERS = "attention.sliding_window_start_layer"
 
 
 class TextGGUFConverter:
@@ -66,8 +71,13 @@ class TextGGUFConverter:
         if "vocab_size" not in config and "tokenizer.ggml.tokens" in metadata:
             config["vocab_size"] = len(metadata["tokenizer.ggml.tokens"])
         config["tie_word_embeddings"] = "output.weight" not in tensor_names
+        window = config.get("sliding_window")
+        if arch == "llama" and window:
+            config["model_type"] = "mistral"  # llama.cpp has no mistral architecture; the window tells them apart
         if arch == "qwen2":
-            config["use_sliding_window"] = False
+            config["use_sliding_window"] = bool(window)
+            if f"qwen2.{_MAX_WINDOW_LAYERS}" in metadata:
+                config["max_window_layers"] = metadata[f"qwen2.{_MAX_WINDOW_LAYERS}"]
         scaling = self._rope_scaling(arch, metadata)
         if scaling:
             config["rope_scaling"] = scaling
@@ -76,13 +86,17 @@ class TextGGUFConverter:
 
     @staticmethod
     def _rope_scaling(arch: str, metadata: dict[str, Any]) -> dict[str, Any] | None:
-        kind = metadata.get(f"{arch}.rope.scaling.type")
+        """rope_scaling from ``<arch>.rope.scaling.*``: llama.cpp's type, factor and original context length,
+        and any other parameter of the rope type under its transformers name (as bestiary writes them)."""
+        prefix = f"{arch}.rope.scaling."
+        kind = metadata.get(prefix + "type")
         if kind in (None, "none"):
             return None
-        scaling: dict[str, Any] = {"rope_type": kind, "factor": metadata.get(f"{arch}.rope.scaling.factor", 1.0)}
-        original = metadata.get(f"{arch}.rope.scaling.original_context_length")
-        if original:
-            scaling["original_max_position_embeddings"] = original
+        scaling: dict[str, Any] = {"rope_type": kind}
+        for key, value in metadata.items():
+            if key.startswith(prefix) and key != prefix + "type":
+                name = key[len(prefix) :]
+                scaling[_ROPE_KEYS_FROM_GGUF.get(name, name)] = value
         return scaling
 
     def metadata_from_config(self, arch: str, config: Any) -> dict[str, Any]:
@@ -94,12 +108,11 @@ class TextGGUFConverter:
                 value = (config.rope_parameters or {}).get("rope_theta")
             if value is not None:
                 metadata[f"{arch}.{key}"] = float(value) if field in {"rope_theta", "rms_norm_eps"} else value
-        params = config.rope_parameters or {}
-        if params.get("rope_type", "default") not in ("default", None):
-            metadata[f"{arch}.rope.scaling.type"] = params["rope_type"]
-            metadata[f"{arch}.rope.scaling.factor"] = float(params.get("factor", 1.0))
-            if params.get("original_max_position_embeddings"):
-                metadata[f"{arch}.rope.scaling.original_context_length"] = params["original_max_position_embeddings"]
+        if not _sliding_window_in_use(config):
+            metadata.pop(f"{arch}.attention.sliding_window", None)
+        elif config.model_type == "qwen2":
+            metadata[f"{arch}.{_MAX_WINDOW_LAYERS}"] = config.max_window_layers
+        metadata.update(_rope_scaling_metadata(arch, config.rope_parameters or {}))
         return metadata
 
     def gguf_architecture(self, model_type: str) -> str:
@@ -142,6 +155,30 @@ class TextGGUFConverter:
         if hf_name.endswith("self_attn.k_proj.weight") or hf_name.endswith("self_attn.k_proj.bias"):
             return config.num_key_value_heads
         return None
+
+
+def _sliding_window_in_use(config: Any) -> bool:
+    if config.model_type == "qwen2":
+        return bool(config.use_sliding_window and config.sliding_window)
+    return config.model_type == "mistral" and bool(config.sliding_window)
+
+
+def _rope_scaling_metadata(arch: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``<arch>.rope.scaling.*`` keys for a rope type other than the default (every parameter but the theta)."""
+    kind = params.get("rope_type", "default")
+    if kind in ("default", None):
+        return {}
+    prefix = f"{arch}.rope.scaling."
+    metadata: dict[str, Any] = {prefix + "type": kind}
+    for name, value in params.items():
+        if name in ("rope_type", "rope_theta") or value is None:
+            continue
+        if isinstance(value, float) or name == "factor":
+            value = float(value)
+        elif isinstance(value, list):
+            value = [float(item) for item in value]
+        metadata[prefix + _ROPE_KEYS_TO_GGUF.get(name, name)] = value
+    return metadata
 
 
 def _class_prefix(model_type: str) -> str:
