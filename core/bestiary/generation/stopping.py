@@ -76,14 +76,20 @@ class EosTokenCriteria(StoppingCriteria):
         return torch.isin(input_ids[:, -1], self.eos_token_id)
 
 
+_REPLACEMENT = "\ufffd"  # what decoders show for the bytes of an incomplete UTF-8 character
+_MAX_CONTINUATION_BYTES = 3  # a UTF-8 character is a lead byte and at most three continuation bytes
+
+
 class StopStringCriteria(StoppingCriteria):
     """Stop a row when the text of its latest token completes one of ``stop_strings``.
 
     The last tokens of each row are decoded with ``tokenizer``; a row stops
-    when a stop string occurs in that text and ends inside the latest
-    token's characters (the token may run past the end of the stop string,
-    as in transformers). Only the tokens needed to cover the longest stop
-    string are decoded.
+    when a stop string occurs in that text and ends inside the characters
+    the latest token made visible (the token may run past the end of the
+    stop string, as in transformers). A token that completes a multi-byte
+    character makes that character visible, so the stop string may end
+    there; text seen before, the prompt included, never stops a row again.
+    Only the tokens needed to cover the longest stop string are decoded.
     """
 
     def __init__(self, tokenizer: Any, stop_strings: str | Sequence[str]) -> None:
@@ -91,17 +97,54 @@ class StopStringCriteria(StoppingCriteria):
             raise GenerationError("stop_strings need the tokenizer to read the generated text; pass tokenizer= to generate().")
         self.tokenizer = tokenizer
         self.stop_strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings)
-        self.window = 2 * max(len(s) for s in self.stop_strings) + 2
+        # Counted in UTF-8 bytes: a byte-level tokenizer may spell one character with up to four tokens.
+        self.window = 2 * max(len(s.encode("utf-8")) for s in self.stop_strings) + 2
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any = None) -> torch.BoolTensor:
-        done = []
-        for row in input_ids[:, -self.window :].tolist():
-            before = self.tokenizer.decode(row[:-1], skip_special_tokens=False)
-            text = self.tokenizer.decode(row, skip_special_tokens=False)
-            if not text.startswith(before):  # a merge changed earlier characters: compare whole texts
-                before = ""
-            done.append(any(_ends_after(text, stop, len(before)) for stop in self.stop_strings))
+        done = [self._row_stops(row) for row in input_ids[:, -self.window :].tolist()]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    def _row_stops(self, tokens: list[int]) -> bool:
+        tokens, text = self._from_character_start(tokens)
+        seen = self._seen_length(tokens, text)
+        return any(_ends_after(text, stop, seen) for stop in self.stop_strings)
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=False)
+
+    def _from_character_start(self, tokens: list[int]) -> tuple[list[int], str]:
+        """The window without the leading tokens that hold the tail of a character it cut, and its text.
+
+        Byte-fallback decoders replace a whole run of byte tokens when the run
+        starts inside a character, which would hide every character after it.
+        """
+        text = self._decode(tokens)
+        for _ in range(_MAX_CONTINUATION_BYTES):
+            if len(tokens) < 2 or not text.startswith(_REPLACEMENT):
+                break
+            tokens = tokens[1:]
+            text = self._decode(tokens)
+        return tokens, text
+
+    def _seen_length(self, tokens: list[int], text: str) -> int:
+        """How many leading characters of ``text`` were already visible before the latest token."""
+        before = self._decode(tokens[:-1])
+        if text.startswith(before):
+            return len(before)
+        # The latest token completed a character whose first bytes showed as replacement characters
+        # (a byte-fallback decoder replaces the whole run of byte tokens). Text up to the last earlier
+        # token that ended on a character boundary was visible then.
+        seen = _common_prefix_length(before, text)
+        for end in range(len(tokens) - 2, max(len(tokens) - 2 - _MAX_CONTINUATION_BYTES, 0), -1):
+            earlier = self._decode(tokens[:end])
+            if text.startswith(earlier):
+                return max(seen, len(earlier))
+        return seen
+
+
+def _common_prefix_length(a: str, b: str) -> int:
+    """How many leading characters ``a`` and ``b`` share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def _ends_after(text: str, stop: str, start: int) -> bool:
