@@ -132,6 +132,19 @@ def test_precedence_call_over_model_over_defaults():
     assert model.generation_config.max_new_tokens == 6  # never mutated by a call
 
 
+def test_a_call_max_length_beats_the_models_max_new_tokens(caplog):
+    model = tiny_llama()
+    ids = prompt(5)
+    model.generation_config = GenerationConfig(max_new_tokens=6, eos_token_id=None)
+    assert model.generate(ids, max_length=8).shape == (1, 8)
+    assert model.generate(ids, generation_config=GenerationConfig(max_length=9)).shape == (1, 9)
+    with caplog.at_level(logging.WARNING, logger="bestiary.generation"):
+        assert model.generate(ids, max_length=8, max_new_tokens=2).shape == (1, 5 + 2)  # both from the call
+    assert "max_new_tokens wins" in caplog.text
+    model.generation_config = GenerationConfig(max_length=30, max_new_tokens=4, eos_token_id=None)
+    assert model.generate(ids).shape == (1, 5 + 4)  # both from the model: max_new_tokens, as in transformers
+
+
 def test_warnings_only_for_settings_the_user_chose(caplog):
     model = tiny_llama()
     ids = prompt(4)

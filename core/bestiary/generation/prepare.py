@@ -401,11 +401,23 @@ COMPILED_CACHE_BUCKET = 256
 
 
 def _max_length(model: Any, config: GenerationConfig, user_set: set[str], prompt_length: int) -> int:
+    """The total length limit: the caller's settings beat the model's, and max_new_tokens beats max_length within one layer."""
     explicit = config.model_fields_set
+    caller_max_length = "max_length" in user_set and config.max_length is not None
     if config.max_new_tokens is not None:
-        if "max_length" in user_set and "max_new_tokens" in user_set and config.max_length is not None:
-            logger.warning("Both max_new_tokens (%s) and max_length (%s) are set; max_new_tokens wins.", config.max_new_tokens, config.max_length)
-        return prompt_length + config.max_new_tokens
+        if "max_new_tokens" in user_set:
+            if caller_max_length:
+                logger.warning(
+                    "Both max_new_tokens (%s) and max_length (%s) are set; max_new_tokens wins.",
+                    config.max_new_tokens, config.max_length,
+                )
+            return prompt_length + config.max_new_tokens
+        if not caller_max_length:
+            return prompt_length + config.max_new_tokens
+        logger.info(
+            "max_length=%s passed to generate() replaces max_new_tokens=%s of the model's generation config.",
+            config.max_length, config.max_new_tokens,
+        )
     if "max_length" in explicit and config.max_length is not None:
         if config.max_length <= prompt_length:
             raise GenerationError(
