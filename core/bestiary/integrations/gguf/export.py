@@ -9,7 +9,6 @@ transformers).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,12 +19,12 @@ from bestiary.errors import CheckpointError, ConfigError
 from bestiary.registry import get_registry
 
 from .loading import interleave_rows
+from .tokenizer_export import tokenizer_metadata
 from .writer import write_gguf
 
 logger = logging.getLogger(__name__)
 
 EXPORT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
-TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED = 1, 3, 4
 
 
 def parse_target(spec: str) -> tuple[str | None, str]:
@@ -61,7 +60,7 @@ def save_model_as_gguf(model: Any, directory: str | Path, gguf: str, tokenizer: 
     metadata: dict[str, Any] = {"general.name": source_name}
     metadata.update(converter.metadata_from_config(arch, config))
     if tokenizer is not None:
-        metadata.update(tokenizer_metadata(tokenizer))
+        metadata.update(tokenizer_metadata(tokenizer, vocab_size=getattr(config, "vocab_size", None)))
     else:
         metadata[f"{arch}.vocab_size"] = config.vocab_size
     if tensor_type.startswith("Q"):
@@ -115,47 +114,3 @@ def _tensors(model: Any, converter: Any, arch: str) -> Iterator[tuple[str, torch
         if heads is not None:
             tensor = tensor[interleave_rows(tensor.shape[0], heads)]
         yield gguf_name, tensor
-
-
-def tokenizer_metadata(tokenizer: Any) -> dict[str, Any]:
-    """GGUF tokenizer metadata for a byte-level BPE tokenizer (tokens, types, merges, special ids, template)."""
-    backend = tokenizer.backend_tokenizer
-    model = json.loads(backend.to_str())["model"]
-    if model.get("type") != "BPE" or not model.get("merges"):
-        raise CheckpointError(
-            "Only byte-level BPE tokenizers (GPT-2/Llama-3/SmolLM style) can be written into GGUF metadata; "
-            "save this model without tokenizer= and keep its tokenizer.json beside the GGUF file."
-        )
-    vocab = backend.get_vocab(with_added_tokens=True)
-    tokens = [""] * (max(vocab.values()) + 1)
-    for token, index in vocab.items():
-        tokens[index] = token
-    added = {token.content: token for token in backend.get_added_tokens_decoder().values()}
-    types = [
-        (TOKEN_CONTROL if added[token].special else TOKEN_USER_DEFINED) if token in added else TOKEN_NORMAL
-        for token in tokens
-    ]
-    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model["merges"]]
-    metadata: dict[str, Any] = {
-        "tokenizer.ggml.model": "gpt2",
-        "tokenizer.ggml.pre": _tokenizer_setting(tokenizer, "gguf_pre", "default"),
-        "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.token_type": types,
-        "tokenizer.ggml.merges": merges,
-        "tokenizer.ggml.add_bos_token": bool(_tokenizer_setting(tokenizer, "add_bos_token", False)),
-    }
-    for role, key in (("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"), ("pad_token", "padding")):
-        token = getattr(tokenizer, role, None)
-        if token is not None and token in vocab:
-            metadata[f"tokenizer.ggml.{key}_token_id"] = vocab[token]
-    template = getattr(tokenizer, "chat_template", None)
-    if isinstance(template, str):
-        metadata["tokenizer.chat_template"] = template
-    return metadata
-
-
-def _tokenizer_setting(tokenizer: Any, key: str, default: Any) -> Any:
-    """A setting kept in the tokenizer's saved config (tokenizer_config.json keys)."""
-    settings = getattr(tokenizer, "_config", None)
-    value = settings.get(key) if isinstance(settings, dict) else None
-    return default if value is None else value

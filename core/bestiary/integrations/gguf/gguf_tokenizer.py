@@ -64,6 +64,7 @@ PRE_TOKENIZER_SPLITS: dict[str, str] = {
     "llama3": _LLAMA3,
     "llama-v3": _LLAMA3,
     "smaug-bpe": _LLAMA3,
+    "dbrx": _LLAMA3,
     "falcon3": _LLAMA3,
     "qwen2": _QWEN2,
     "deepseek-r1-qwen": _QWEN2,
@@ -72,8 +73,9 @@ PRE_TOKENIZER_SPLITS: dict[str, str] = {
 DIGIT_SPLIT_PRE = frozenset({"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"})
 # Plain GPT-2 splitting.
 GPT2_PRE = frozenset({"default", "gpt2", "gpt-2", "mpt", "olmo", "jais", "trillion"})
-# Original tokenizers of these families skip BPE for words that are whole tokens.
-IGNORE_MERGES_PRE = frozenset({"llama-bpe", "llama3", "llama-v3", "smaug-bpe", "falcon3"})
+# Original tokenizers of these families skip BPE for words that are whole tokens (llama.cpp sets
+# ignore_merges for its LLAMA3 type only; "smaug-bpe" and "dbrx" split the same way but merge every word).
+IGNORE_MERGES_PRE = frozenset({"llama-bpe", "llama3", "llama-v3", "falcon3"})
 
 
 @dataclass
