@@ -182,15 +182,11 @@ class ReferenceSinkCache(Cache):
         return keys, values
 
 
-def test_sink_cache_matches_the_streaming_llm_reference():
-    model = tiny_llama()
-    inv_freq = model.model.rotary_emb.inv_freq
-    window, sinks = 10, 2
-    ids = prompt(6)
-    reference = ReferenceSinkCache(window, sinks, inv_freq)
-    tokens = ids
-    step_ids = ids
-    for _ in range(16):
+def streaming_llm_reference(model, ids: torch.Tensor, steps: int, window: int, sinks: int) -> torch.Tensor:
+    """Greedy decoding of one unpadded row through :class:`ReferenceSinkCache`, rotary positions = cache slots."""
+    reference = ReferenceSinkCache(window, sinks, model.model.rotary_emb.inv_freq)
+    tokens = step_ids = ids
+    for _ in range(steps):
         new = step_ids.shape[1]
         kept = reference.kept()
         slot = kept if kept + new <= window else window - new
@@ -199,12 +195,45 @@ def test_sink_cache_matches_the_streaming_llm_reference():
         logits = model(step_ids, past_key_values=reference, position_ids=positions, cache_position=cache_position).logits
         step_ids = logits[:, -1:].argmax(-1)
         tokens = torch.cat([tokens, step_ids], dim=1)
+    return tokens
+
+
+def test_sink_cache_matches_the_streaming_llm_reference():
+    model = tiny_llama()
+    window, sinks = 10, 2
+    ids = prompt(6)
+    expected = streaming_llm_reference(model, ids, 16, window, sinks)
     got = model.generate(
         ids, max_new_tokens=16, eos_token_id=None, cache_implementation="sink",
         cache_config={"window_length": window, "num_sink_tokens": sinks},
     )
-    assert torch.equal(got, tokens)
+    assert torch.equal(got, expected)
     assert not torch.equal(got, model.generate(ids, max_new_tokens=16, eos_token_id=None))  # attention did change
+
+
+@pytest.mark.parametrize("window, sinks", [(8, 2), (6, 0), (10, 4)])
+@pytest.mark.parametrize("settings", [{}, {"num_beams": 3}], ids=["greedy", "beams"])
+def test_sink_cache_rows_of_a_left_padded_batch_decode_as_if_alone(window, sinks, settings):
+    model = tiny_llama()
+    rows = [prompt(9, seed=2)[0], prompt(5, seed=3)[0], prompt(12, seed=4)[0]]  # the longest prompt exceeds the window
+    ids, mask = left_padded(rows, pad=0)
+    cache_config = {"window_length": window, "num_sink_tokens": sinks}
+    kwargs = dict(max_new_tokens=14, eos_token_id=None, cache_implementation="sink", cache_config=cache_config, **settings)
+    batched = model.generate(ids, attention_mask=mask, **kwargs)
+    for i, row in enumerate(rows):
+        alone = model.generate(row[None], **kwargs)
+        assert torch.equal(batched[i, -14:], alone[0, -14:])  # padding neither sinks nor fills the window
+        if not settings:
+            assert torch.equal(alone, streaming_llm_reference(model, row[None], 14, window, sinks))
+
+
+def test_sink_cache_refuses_right_padding():
+    model = tiny_llama()
+    ids = prompt(6, batch=2)
+    mask = torch.ones_like(ids)
+    mask[1, -2:] = 0
+    with pytest.raises(GenerationError, match="padding_side='left'"):
+        model.generate(ids, attention_mask=mask, max_new_tokens=3, cache_implementation="sink", cache_config={"window_length": 6})
 
 
 def test_sink_cache_needs_its_settings():

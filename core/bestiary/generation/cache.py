@@ -14,9 +14,10 @@ What ``generate()`` uses on top of it (all optional for a model):
 
 - ``begin_step(cache_position)``: prepare a step ahead of a compiled forward
   (static caches record where the step writes; others ignore it).
-- ``rotary_positions(position_ids)``: the positions rotary embeddings should
-  use for the new tokens (the identity, except for :class:`SinkCache`, which
-  places tokens by their slot in the cache).
+- ``rotary_positions(position_ids, attention_mask)``: the positions rotary
+  embeddings should use for the new tokens (the identity, except for
+  :class:`SinkCache`, which places tokens by their slot in the cache and
+  reads the padding mask to tell each row's real tokens from padding).
 - ``crop(length)`` (assisted decoding rolls rejected draft tokens back),
   ``reorder_cache(beam_idx)`` (beam search), ``batch_repeat_interleave`` and
   ``batch_select_indices`` (contrastive search, several return sequences).
@@ -69,8 +70,11 @@ class Cache:
     def begin_step(self, cache_position: torch.Tensor) -> None:
         """Prepare a step whose new tokens sit at ``cache_position`` (needed before compiled forwards)."""
 
-    def rotary_positions(self, position_ids: torch.Tensor) -> torch.Tensor:
-        """Positions the rotary embedding should give the new tokens (the identity by default)."""
+    def rotary_positions(self, position_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Positions the rotary embedding should give the new tokens (the identity by default).
+
+        ``attention_mask`` is the step's [batch, length] padding mask over absolute positions (None: no padding).
+        """
         return position_ids
 
     def claim_decode_slot(
@@ -274,8 +278,8 @@ class EncoderDecoderCache(Cache):
     def begin_step(self, cache_position: torch.Tensor) -> None:
         self.self_attention_cache.begin_step(cache_position)
 
-    def rotary_positions(self, position_ids: torch.Tensor) -> torch.Tensor:
-        return self.self_attention_cache.rotary_positions(position_ids)
+    def rotary_positions(self, position_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.self_attention_cache.rotary_positions(position_ids, attention_mask)
 
     def get_max_cache_shape(self) -> int | None:
         return self.self_attention_cache.get_max_cache_shape()

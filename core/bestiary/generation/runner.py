@@ -190,7 +190,7 @@ class ModelRunner:
             if attention_mask is not None:
                 attention_mask = attention_mask.repeat_interleave(repeat_rows, dim=0)
         if self.cache is not None:
-            position_ids = self.cache.rotary_positions(position_ids)
+            position_ids = self.cache.rotary_positions(position_ids, attention_mask)
         model_kwargs = self.model_kwargs
         if repeat_rows > 1:
             model_kwargs = _repeat_rows(model_kwargs, repeat_rows, self.rows)

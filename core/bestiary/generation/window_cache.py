@@ -12,7 +12,8 @@ As in the paper, positions are those *within the cache*: a new token gets
 the rotary position of its slot, and when older tokens are evicted the
 remaining recent keys move left and are re-rotated by the number of slots
 they moved (rotary embeddings compose, so ``R(p - e) = R(-e) R(p)``).
-Attention masks still use absolute positions (for causality and padding).
+In a left-padded batch each row keeps its own sinks and window, as if it
+were decoded alone.
 """
 
 from __future__ import annotations
@@ -158,11 +159,20 @@ class SlidingWindowCache(Cache):
 
 
 class SinkCache(Cache):
-    """StreamingLLM cache: ``num_sink_tokens`` first tokens plus the most recent, ``window_length`` in all.
+    """StreamingLLM cache: each row's ``num_sink_tokens`` first tokens plus its most recent, ``window_length`` in all.
 
     ``inv_freq`` is the rotary embedding's inverse frequencies (one per pair
     of channels); keys that move left are re-rotated with them. Use
     :meth:`for_model` to take them from a model.
+
+    Left-padded batches give each row the tokens it would get alone: padding
+    is neither a sink nor counted in the window. Every layer stores
+    [batch, kv_heads, columns, head_dim] with each row's kept tokens
+    right-aligned; the columns to their left are the row's padding. Key
+    positions are *virtual*: the columns are numbered so that they end at
+    the current position. A row that has lost tokens fills every column, and
+    in a row that has not, the columns to the left of its tokens land on its
+    padding, so the padding mask hides exactly the columns a row does not own.
     """
 
     is_croppable = False
@@ -175,11 +185,7 @@ class SinkCache(Cache):
         self.window_length = int(window_length)
         self.num_sink_tokens = int(num_sink_tokens)
         self.inv_freq = inv_freq.float()
-        self._keys: list[torch.Tensor] = []
-        self._values: list[torch.Tensor] = []
-        self._positions: list[torch.Tensor] = []  # absolute position of each kept token
-        self._seen = 0
-        self._pending_new = 0
+        self.reset()
 
     @classmethod
     def for_model(cls, model: Any, window_length: int, num_sink_tokens: int = 4) -> "SinkCache":
@@ -194,75 +200,114 @@ class SinkCache(Cache):
             raise GenerationError(f"The sink cache re-rotates keys, but {type(model).__name__} has no rotary embedding (inv_freq).")
         return cls(window_length, num_sink_tokens, inv_freq.detach().cpu())
 
-    # -- positions ---------------------------------------------------------------
-    def _kept(self) -> int:
-        return self._positions[0].shape[0] if self._positions else 0
+    # -- per-row bookkeeping (CPU tensors of shape [batch]) ------------------------------
+    def _rows_kept(self, layer_idx: int, rows: int) -> torch.Tensor:
+        """Tokens each row keeps in this layer (padding excluded)."""
+        if layer_idx < len(self._kept):
+            return self._kept[layer_idx]
+        return torch.zeros(rows, dtype=torch.long)
 
-    def _kept_before(self, new: int) -> int:
-        """How many cached tokens remain when ``new`` tokens arrive (eviction happens first)."""
-        kept = self._kept()
-        if kept + new <= self.window_length:
-            return kept
-        return max(self.window_length - new, min(kept, self.num_sink_tokens))
+    def _rows_evicted(self, rows: int) -> torch.Tensor:
+        """Tokens each row has lost so far (counted on layer 0)."""
+        if self._evicted is None:
+            self._evicted = torch.zeros(rows, dtype=torch.long)
+        return self._evicted
 
-    def rotary_positions(self, position_ids: torch.Tensor) -> torch.Tensor:
-        new = position_ids.shape[-1]
-        start = self._kept_before(new)
-        slots = torch.arange(start, start + new, device=position_ids.device)
-        return slots.expand(position_ids.shape)
+    def _new_per_row(self, start: int, new: int, rows: int) -> torch.Tensor:
+        """How many of the ``new`` tokens from position ``start`` are real in each row (all, unless told otherwise)."""
+        if self._step is not None and self._step[0] == start and self._step[1].shape[0] == rows:
+            return self._step[1]
+        return torch.full((rows,), new, dtype=torch.long)
+
+    def _keep_before(self, kept: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """How many tokens each row keeps when ``new`` more arrive (room is made first, sinks stay)."""
+        room = (self.window_length - new).clamp(min=0)
+        evicting = torch.maximum(room, kept.clamp(max=self.num_sink_tokens))
+        return torch.where(kept + new <= self.window_length, kept, evicting)
+
+    # -- positions -------------------------------------------------------------------------
+    def rotary_positions(self, position_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Each new token's slot among its row's kept tokens (``position_ids`` count each row's real tokens)."""
+        rows, new = position_ids.shape
+        real_new = self._count_real(attention_mask, self._seen, new, rows)
+        self._step = (self._seen, real_new)
+        kept = self._rows_kept(0, rows)
+        evicted = self._rows_evicted(rows) + kept - self._keep_before(kept, real_new)
+        return position_ids - evicted.to(position_ids.device)[:, None]
+
+    @staticmethod
+    def _count_real(attention_mask: torch.Tensor | None, start: int, new: int, rows: int) -> torch.Tensor:
+        if attention_mask is None:
+            return torch.full((rows,), new, dtype=torch.long)
+        seen = attention_mask[:, : start + new].cpu()
+        if bool((seen[:, 1:] < seen[:, :-1]).any()):
+            raise GenerationError(
+                "The sink cache keeps each row's first tokens, so it supports left padding only; attention_mask has "
+                "zeros after ones. Tokenize with padding_side='left' (or generate the rows one at a time)."
+            )
+        return seen[:, start:].sum(-1).long()
 
     def key_positions(self, layer_idx: int, cache_position: torch.Tensor) -> torch.Tensor:
         new = cache_position.shape[0]
-        if layer_idx < len(self._keys):
-            self._evict(layer_idx, self._kept_before(new))
-            kept = self._positions[layer_idx].to(cache_position.device)
-            return torch.cat([kept, cache_position])
-        return cache_position
+        if layer_idx >= len(self._keys):
+            return cache_position
+        start = int(cache_position[0])
+        kept = self._kept[layer_idx]
+        self._evict(layer_idx, self._keep_before(kept, self._new_per_row(start, new, kept.shape[0])))
+        columns = self._keys[layer_idx].shape[2]
+        return torch.arange(start - columns, start + new, device=cache_position.device)
 
-    # -- storage -----------------------------------------------------------------
-    def _rotate(self, keys: torch.Tensor, shift: int) -> torch.Tensor:
-        """Rotate keys by ``shift`` positions (negative moves them to earlier positions)."""
-        angles = shift * self.inv_freq.to(keys.device)
-        cos = torch.cat([angles.cos(), angles.cos()]).to(keys.dtype)
-        sin = torch.cat([angles.sin(), angles.sin()]).to(keys.dtype)
-        dim = cos.shape[0]
+    # -- storage -------------------------------------------------------------------------
+    def _rotate(self, keys: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """Rotate each key column by its ``shift`` [batch, columns] positions (negative: to earlier positions)."""
+        angles = shift.to(keys.device, torch.float32)[:, None, :, None] * self.inv_freq.to(keys.device)
+        cos = torch.cat([angles.cos(), angles.cos()], dim=-1).to(keys.dtype)
+        sin = torch.cat([angles.sin(), angles.sin()], dim=-1).to(keys.dtype)
+        dim = cos.shape[-1]
         rotated, rest = keys[..., :dim], keys[..., dim:]
         half = dim // 2
         turned = torch.cat([-rotated[..., half:], rotated[..., :half]], dim=-1)
         return torch.cat([rotated * cos + turned * sin, rest], dim=-1)
 
-    def _evict(self, layer_idx: int, keep: int) -> None:
-        """Keep the sinks and the most recent tokens, ``keep`` in all, re-rotating the recent ones."""
-        kept = self._positions[layer_idx].shape[0]
-        if kept <= keep:
+    def _evict(self, layer_idx: int, keep: torch.Tensor) -> None:
+        """Keep each row's sinks and most recent tokens, ``keep[row]`` in all, re-rotating the recent ones."""
+        kept = self._kept[layer_idx]
+        if bool((keep >= kept).all()):
             return
-        sinks = min(self.num_sink_tokens, keep)
-        recent = keep - sinks
-        moved = kept - keep  # slots the recent tokens move left
+        columns = self._keys[layer_idx].shape[2]
+        width = int(keep.max())
+        sinks = keep.clamp(max=self.num_sink_tokens)
+        index = torch.arange(width)[None, :] - (width - keep)[:, None]  # rank among the row's kept tokens; < 0: padding
+        is_sink = index < sinks[:, None]
+        source = torch.where(is_sink, columns - kept[:, None] + index, columns - keep[:, None] + index).clamp(min=0)
+        shift = torch.where(is_sink, 0, (keep - kept)[:, None])  # recent tokens move left by what the row lost
         keys, values = self._keys[layer_idx], self._values[layer_idx]
-        recent_keys = self._rotate(keys[:, :, kept - recent :], -moved) if recent else keys[:, :, :0]
-        self._keys[layer_idx] = torch.cat([keys[:, :, :sinks], recent_keys], dim=2)
-        self._values[layer_idx] = torch.cat([values[:, :, :sinks], values[:, :, kept - recent :]], dim=2)
-        positions = self._positions[layer_idx]
-        self._positions[layer_idx] = torch.cat([positions[:sinks], positions[kept - recent :]])
+        gather = source.to(keys.device)[:, None, :, None].expand(keys.shape[0], keys.shape[1], width, keys.shape[3])
+        self._keys[layer_idx] = self._rotate(keys.gather(2, gather), shift)
+        self._values[layer_idx] = values.gather(2, gather)
+        if layer_idx == 0:
+            self._evicted = self._rows_evicted(kept.shape[0]) + kept - keep
+        self._kept[layer_idx] = keep
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         new = key.shape[2]
         start = self._seen if layer_idx == 0 else self._seen - new  # layer 0 counts the new tokens first
+        real_new = self._new_per_row(start, new, key.shape[0])
         if layer_idx == len(self._keys):
             self._keys.append(key)
             self._values.append(value)
-            self._positions.append(torch.arange(start, start + new))
+            self._kept.append(real_new.clone())
         elif layer_idx < len(self._keys):
             self._keys[layer_idx] = torch.cat([self._keys[layer_idx], key], dim=2)
             self._values[layer_idx] = torch.cat([self._values[layer_idx], value], dim=2)
-            self._positions[layer_idx] = torch.cat([self._positions[layer_idx], torch.arange(start, start + new)])
+            self._kept[layer_idx] = self._kept[layer_idx] + real_new
         else:
             raise IndexError(f"Cache layers must be filled in order; got layer {layer_idx} with {len(self._keys)} stored.")
         if layer_idx == 0:
             self._seen += new
         keys, values = self._keys[layer_idx], self._values[layer_idx]
-        self._evict(layer_idx, self.window_length)  # a long prompt attends fully, then only the window is kept
+        # a long prompt attends fully, then only the window is kept
+        self._evict(layer_idx, self._kept[layer_idx].clamp(max=self.window_length))
         return keys, values
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -272,17 +317,28 @@ class SinkCache(Cache):
         return self.window_length
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        for buffers in (self._keys, self._values):
-            for i, stored in enumerate(buffers):
-                buffers[i] = stored.index_select(0, beam_idx.to(stored.device))
+        self._select_rows(lambda t: t.index_select(0, beam_idx.to(t.device)))
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        for buffers in (self._keys, self._values):
+        self._select_rows(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def _select_rows(self, select: Any) -> None:
+        """Apply a batch-dimension operation to the stored tensors and the per-row counts."""
+        for buffers in (self._keys, self._values, self._kept):
             for i, stored in enumerate(buffers):
-                buffers[i] = stored.repeat_interleave(repeats, dim=0)
+                buffers[i] = select(stored)
+        if self._evicted is not None:
+            self._evicted = select(self._evicted)
+        self._step = None
 
     def reset(self) -> None:
-        self._keys, self._values, self._positions, self._seen = [], [], [], 0
+        self._keys: list[torch.Tensor] = []
+        self._values: list[torch.Tensor] = []
+        self._kept: list[torch.Tensor] = []
+        self._evicted: torch.Tensor | None = None
+        # (start position, real tokens per row) of the step announced by rotary_positions
+        self._step: tuple[int, torch.Tensor] | None = None
+        self._seen = 0
 
 
 __all__ = ["SinkCache", "SlidingWindowCache"]
