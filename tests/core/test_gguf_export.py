@@ -13,7 +13,7 @@ import torch
 import transformers
 
 import bestiary.auto as auto
-from bestiary.errors import ConfigError
+from bestiary.errors import CheckpointError, ConfigError
 from bestiary.integrations.gguf import GGUFFile
 from bestiary.integrations.gguf.export import parse_target
 from bestiary.integrations.gguf.loading import _undo_row_interleave, interleave_rows
@@ -128,6 +128,65 @@ def test_rope_scaling_survives_the_round_trip(variant: str, tmp_path: Path) -> N
     assert again.config.rope_parameters == model.config.rope_parameters
     long_ids = torch.arange(40).remainder(TINY["vocab_size"]).unsqueeze(0)  # past the original context
     assert torch.equal(logits(again, long_ids), logits(model, long_ids))
+
+
+def without_bestiary_keys(path: Path, target: Path) -> Path:
+    """A copy of a GGUF file without the bestiary.* keys: what llama.cpp's own converter would have written."""
+    reader = gguf.GGUFReader(path)
+    writer = gguf.GGUFWriter(str(target), reader.fields["general.architecture"].contents())
+    for key, field in reader.fields.items():
+        if key.startswith(("GGUF.", "bestiary.")) or key == "general.architecture":
+            continue
+        item_type = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, field.contents(), field.types[0], sub_type=item_type)
+    for tensor in reader.tensors:
+        writer.add_tensor(tensor.name, np.array(tensor.data).reshape(tuple(reversed(tensor.shape.tolist()))))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return target
+
+
+LLAMA3_SHAPES = {
+    # (head_dim, theta, rope parameters): frequencies between the thresholds 0, 1, and several
+    "none-between": (16, 5000.0, {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                  "original_max_position_embeddings": 64}),
+    "one-between": (16, 5000.0, {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                 "original_max_position_embeddings": 16}),
+    "llama-3.1-like": (64, 500000.0, {"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                      "original_max_position_embeddings": 8192}),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(LLAMA3_SHAPES))
+def test_a_llama_cpp_llama3_file_gets_its_rope_back_from_rope_freqs(shape: str, tmp_path: Path) -> None:
+    head_dim, theta, params = LLAMA3_SHAPES[shape]
+    rope = {"rope_type": "llama3", "rope_theta": theta, **params}
+    folder = tiny_folder("llama", tmp_path / "hf", rope_parameters=rope, hidden_size=4 * head_dim, head_dim=head_dim,
+                         max_position_embeddings=16384)
+    model, path = export(folder, tmp_path, "F32")
+    stored = {tensor.name: np.array(tensor.data) for tensor in gguf.GGUFReader(path).tensors}
+    expected = 1.0 / model.model.rotary_emb.inv_freq.double() * (1.0 / theta ** (torch.arange(0, head_dim, 2).double() / head_dim))
+    np.testing.assert_allclose(stored["rope_freqs.weight"], expected.numpy(), rtol=1e-6)  # the divisors llama.cpp reads
+    foreign = reload(without_bestiary_keys(path, tmp_path / "llama-cpp.gguf"))
+    assert foreign.config.rope_parameters["rope_type"] == "llama3"
+    torch.testing.assert_close(foreign.model.rotary_emb.inv_freq, model.model.rotary_emb.inv_freq, rtol=1e-6, atol=0)
+    long_ids = torch.arange(60).remainder(TINY["vocab_size"]).unsqueeze(0)
+    torch.testing.assert_close(logits(foreign, long_ids), logits(model, long_ids), rtol=0, atol=1e-4)
+
+
+def test_rope_freqs_that_are_not_llama3_are_refused(tmp_path: Path) -> None:
+    rope = {"rope_type": "llama3", "rope_theta": 5000.0, **LLAMA3_SHAPES["one-between"][2]}
+    _, path = export(tiny_folder("llama", tmp_path / "hf", rope_parameters=rope), tmp_path, "F32")
+    foreign = without_bestiary_keys(path, tmp_path / "odd.gguf")
+    reader = gguf.GGUFReader(foreign, "r+")
+    factors = next(tensor for tensor in reader.tensors if tensor.name == "rope_freqs.weight").data
+    factors[-1] = 1.0  # the slowest frequency kept while faster ones are slowed: no Llama 3 rule does that
+    reader.data.flush()
+    del reader
+    with pytest.raises(CheckpointError, match="rope_freqs.weight"):
+        reload(foreign)
 
 
 def fake_quantized(model: torch.nn.Module, ggml_type: gguf.GGMLQuantizationType) -> torch.nn.Module:

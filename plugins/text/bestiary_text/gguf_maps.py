@@ -8,7 +8,10 @@ llama.cpp's Q/K row permutation undone.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
+
+from bestiary_text.gguf_rope import ROPE_FREQS, rope_freqs_tensor, rope_scaling_from_metadata, rope_scaling_metadata
 
 # GGUF metadata key (after "<arch>.") -> config field
 _CONFIG_KEYS = {
@@ -48,9 +51,6 @@ _BLOCK_NAMES = {
 _BLOCK = re.compile(r"^blk\.(\d+)\.(\w+)\.(weight|bias)$")
 _HF_BLOCK = re.compile(r"^model\.layers\.(\d+)\.([\w.]+)\.(weight|bias)$")
 _MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}
-# rope_parameters names llama.cpp spells its own way under "<arch>.rope.scaling."; others keep their names.
-_ROPE_KEYS_TO_GGUF = {"original_max_position_embeddings": "original_context_length"}
-_ROPE_KEYS_FROM_GGUF = {gguf: name for name, gguf in _ROPE_KEYS_TO_GGUF.items()}
 # Qwen2's first layer with a sliding window (no llama.cpp key; written and read by bestiary).
 _MAX_WINDOW_LAYERS = "attention.sliding_window_start_layer"
 
@@ -58,8 +58,10 @@ _MAX_WINDOW_LAYERS = "attention.sliding_window_start_layer"
 class TextGGUFConverter:
     """Metadata and tensor-name conversions for decoder LLMs in GGUF."""
 
-    def config_from_metadata(self, metadata: dict[str, Any], tensor_names: list[str]) -> dict[str, Any]:
-        """Build a config.json-style dict from GGUF metadata."""
+    def config_from_metadata(
+        self, metadata: dict[str, Any], tensor_names: list[str], read_tensor: Callable[[str], Any] | None = None
+    ) -> dict[str, Any]:
+        """Build a config.json-style dict from GGUF metadata (and ``rope_freqs.weight``, read through ``read_tensor``)."""
         arch = metadata["general.architecture"]
         config: dict[str, Any] = {"model_type": _MODEL_TYPES[arch]}
         for key, field in _CONFIG_KEYS.items():
@@ -78,26 +80,17 @@ class TextGGUFConverter:
             config["use_sliding_window"] = bool(window)
             if f"qwen2.{_MAX_WINDOW_LAYERS}" in metadata:
                 config["max_window_layers"] = metadata[f"qwen2.{_MAX_WINDOW_LAYERS}"]
-        scaling = self._rope_scaling(arch, metadata)
+        rope_freqs = None
+        if ROPE_FREQS in tensor_names and read_tensor is not None:
+            rope_freqs = [float(value) for value in read_tensor(ROPE_FREQS).reshape(-1).tolist()]
+        head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        theta = float(config.get("rope_theta", 10000.0))
+        source = str(metadata.get("general.name", arch))
+        scaling = rope_scaling_from_metadata(arch, metadata, rope_freqs, theta, head_dim, source)
         if scaling:
             config["rope_scaling"] = scaling
         config["architectures"] = [f"{_class_prefix(config['model_type'])}ForCausalLM"]
         return config
-
-    @staticmethod
-    def _rope_scaling(arch: str, metadata: dict[str, Any]) -> dict[str, Any] | None:
-        """rope_scaling from ``<arch>.rope.scaling.*``: llama.cpp's type, factor and original context length,
-        and any other parameter of the rope type under its transformers name (as bestiary writes them)."""
-        prefix = f"{arch}.rope.scaling."
-        kind = metadata.get(prefix + "type")
-        if kind in (None, "none"):
-            return None
-        scaling: dict[str, Any] = {"rope_type": kind}
-        for key, value in metadata.items():
-            if key.startswith(prefix) and key != prefix + "type":
-                name = key[len(prefix) :]
-                scaling[_ROPE_KEYS_FROM_GGUF.get(name, name)] = value
-        return scaling
 
     def metadata_from_config(self, arch: str, config: Any) -> dict[str, Any]:
         """GGUF metadata (architecture keys) for a config, the inverse of ``config_from_metadata``."""
@@ -112,8 +105,17 @@ class TextGGUFConverter:
             metadata.pop(f"{arch}.attention.sliding_window", None)
         elif config.model_type == "qwen2":
             metadata[f"{arch}.{_MAX_WINDOW_LAYERS}"] = config.max_window_layers
-        metadata.update(_rope_scaling_metadata(arch, config.rope_parameters or {}))
+        metadata.update(rope_scaling_metadata(arch, config.rope_parameters or {}))
         return metadata
+
+    def extra_tensors(self, arch: str, config: Any) -> dict[str, list[float]]:
+        """Tensors llama.cpp derives from the config (Llama 3's ``rope_freqs.weight``), by GGUF name."""
+        factors = rope_freqs_tensor(config.rope_parameters or {}, _head_dim(config))
+        return {ROPE_FREQS: factors} if factors is not None else {}
+
+    def config_tensors(self) -> frozenset[str]:
+        """GGUF tensors read into the config, not into the model."""
+        return frozenset({ROPE_FREQS})
 
     def gguf_architecture(self, model_type: str) -> str:
         """The GGUF architecture name for a model type."""
@@ -163,22 +165,8 @@ def _sliding_window_in_use(config: Any) -> bool:
     return config.model_type == "mistral" and bool(config.sliding_window)
 
 
-def _rope_scaling_metadata(arch: str, params: dict[str, Any]) -> dict[str, Any]:
-    """``<arch>.rope.scaling.*`` keys for a rope type other than the default (every parameter but the theta)."""
-    kind = params.get("rope_type", "default")
-    if kind in ("default", None):
-        return {}
-    prefix = f"{arch}.rope.scaling."
-    metadata: dict[str, Any] = {prefix + "type": kind}
-    for name, value in params.items():
-        if name in ("rope_type", "rope_theta") or value is None:
-            continue
-        if isinstance(value, float) or name == "factor":
-            value = float(value)
-        elif isinstance(value, list):
-            value = [float(item) for item in value]
-        metadata[prefix + _ROPE_KEYS_TO_GGUF.get(name, name)] = value
-    return metadata
+def _head_dim(config: Any) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def _class_prefix(model_type: str) -> str:

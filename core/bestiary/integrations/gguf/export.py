@@ -114,3 +114,6 @@ def _tensors(model: Any, converter: Any, arch: str) -> Iterator[tuple[str, torch
         if heads is not None:
             tensor = tensor[interleave_rows(tensor.shape[0], heads)]
         yield gguf_name, tensor
+    extra_tensors = getattr(converter, "extra_tensors", None)  # optional: tensors derived from the config
+    for gguf_name, values in (extra_tensors(arch, model.config) if extra_tensors else {}).items():
+        yield gguf_name, torch.tensor(values, dtype=torch.float32)

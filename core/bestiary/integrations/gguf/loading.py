@@ -15,6 +15,7 @@ tensor by tensor, so the model and the file are never resident together.
 from __future__ import annotations
 
 import ctypes
+import inspect
 import logging
 import os
 import sys
@@ -105,7 +106,17 @@ def gguf_model_type(path_or_repo: str | os.PathLike, gguf_file: str, options: Hu
 
 def config_dict(handle: GGUFFile) -> dict[str, Any]:
     """Return a config.json-style dict from an open GGUF file."""
-    return converter_for(handle.architecture).config_from_metadata(handle.metadata, handle.tensor_names)
+    converter = converter_for(handle.architecture)
+    if "read_tensor" in inspect.signature(converter.config_from_metadata).parameters:
+        # optional: tensors that hold configuration (Llama 3's rope_freqs)
+        return converter.config_from_metadata(handle.metadata, handle.tensor_names, read_tensor=handle.load_tensor)
+    return converter.config_from_metadata(handle.metadata, handle.tensor_names)
+
+
+def _config_tensors(converter: Any) -> frozenset[str]:
+    """GGUF tensors the converter reads into the config (so they are neither weights nor unexpected)."""
+    declared = getattr(converter, "config_tensors", None)
+    return frozenset(declared()) if declared is not None else frozenset()
 
 
 def config_dict_from_gguf(path_or_repo: str | os.PathLike, gguf_file: str, options: HubOptions) -> dict[str, Any]:
@@ -157,7 +168,10 @@ class GGUFWeightSource:
         self.description = str(path)
         self.to_gguf: dict[str, str] = {}
         self.unmapped: list[str] = []
+        config_tensors = _config_tensors(self.converter)
         for name in self.file.tensor_names:
+            if name in config_tensors:
+                continue
             mapped = self.converter.tensor_name(name)
             if mapped is None:
                 self.unmapped.append(name)
