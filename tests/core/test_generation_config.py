@@ -87,6 +87,19 @@ def test_json_round_trip_keeps_only_set_values_and_extras(tmp_path):
     assert loaded.explicit_settings() == config.explicit_settings()
 
 
+def test_unknown_keys_close_to_a_setting_are_reported_and_still_round_trip(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="bestiary.generation.config"):
+        config = GenerationConfig(max_new_token=5, custom_key="kept", top_h=0.3)  # top_h: transformers' own setting
+        config.temprature = 0.5
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2
+    assert "'max_new_token'" in warnings[0] and "did you mean 'max_new_tokens'" in warnings[0]
+    assert "'temprature'" in warnings[1] and "did you mean 'temperature'" in warnings[1]
+    loaded = GenerationConfig.from_pretrained(config.save_pretrained(tmp_path).parent)
+    assert loaded.explicit_settings() == {"max_new_token": 5, "custom_key": "kept", "top_h": 0.3, "temprature": 0.5}
+    assert loaded.max_new_tokens is None and loaded.temperature == 1.0
+
+
 def test_named_configs_live_side_by_side(tmp_path):
     GenerationConfig(do_sample=True, top_p=0.9).save_pretrained(tmp_path, config_file_name="creative.json")
     GenerationConfig(num_beams=4).save_pretrained(tmp_path, config_file_name="precise.json")

@@ -20,6 +20,7 @@ This module imports pydantic only (no torch).
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -49,6 +50,15 @@ CACHE_IMPLEMENTATIONS = (
 )
 # Keys that transformers writes into generation_config.json but that are not settings.
 _BOOKKEEPING_KEYS = {"transformers_version", "_from_model_config", "_commit_hash"}
+# Settings of transformers' GenerationConfig that bestiary does not implement: kept for round trips like any
+# unknown key, but never taken for a misspelling ("top_h" is one letter away from "top_p").
+_TRANSFORMERS_ONLY_KEYS = frozenset({
+    "use_mtp", "top_h", "exponential_decay_length_penalty", "token_healing", "guidance_scale",
+    "assistant_early_exit", "assistant_ensemble_weight", "speculation_type", "disable_compile",
+    "continuous_batching_config", "low_memory", "constraints", "force_words_ids",
+})
+_NEAR_MISS_CUTOFF = 0.8  # difflib similarity above which an unknown key is reported as a likely typo
+_reported_near_misses: set[str] = set()
 # Arguments of generate() that people sometimes put into a config by mistake.
 _GENERATE_ARGUMENTS = (
     "logits_processor",
@@ -175,12 +185,16 @@ class GenerationConfig(BaseModel):
             super().__init__(**data)
         except ValidationError as exc:
             raise GenerationError(describe_validation_error(exc)) from None
+        for name in self.__pydantic_extra__ or {}:
+            _report_near_miss(name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         try:
             super().__setattr__(name, value)
         except ValidationError as exc:
             raise GenerationError(describe_validation_error(exc)) from None
+        if name not in type(self).model_fields:
+            _report_near_miss(name)
 
     @field_validator("sequence_bias", mode="before")
     @classmethod
@@ -444,6 +458,19 @@ class GenerationConfig(BaseModel):
         return f"GenerationConfig {self.to_json_string()}"
 
     __str__ = __repr__
+
+
+def _report_near_miss(name: str) -> None:
+    """Warn (once per key) when an unknown key is close to a setting's name: a typo would otherwise do nothing."""
+    if name.startswith("_") or name in _BOOKKEEPING_KEYS or name in _TRANSFORMERS_ONLY_KEYS or name in _reported_near_misses:
+        return
+    close = difflib.get_close_matches(name, list(GenerationConfig.model_fields), n=1, cutoff=_NEAR_MISS_CUTOFF)
+    if close:
+        _reported_near_misses.add(name)
+        logger.warning(
+            "GenerationConfig got the unknown key %r, which no setting reads (unknown keys are only kept for "
+            "round trips); did you mean %r?", name, close[0],
+        )
 
 
 def _as_id_set(value: int | list[int] | None) -> set[int]:
