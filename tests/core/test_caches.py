@@ -15,7 +15,7 @@ from bestiary.errors import GenerationError
 from bestiary.generation.cache import Cache, DynamicCache, EncoderDecoderCache
 from bestiary.generation.offloaded_cache import OffloadedCache
 from bestiary.generation.quantized_cache import QuantizedCache, dequantize, quantize
-from bestiary.generation.static_cache import StaticCache
+from bestiary.generation.static_cache import OffloadedStaticCache, StaticCache
 from tests.core.test_generation_models import left_padded, one_thread, prompt, tiny_llama, tiny_mistral  # noqa: F401
 
 EQUIVALENT = {
@@ -128,6 +128,25 @@ def test_multi_turn_reuse_computes_only_new_tokens(make_cache):
     assert hook.lengths[0] == 1 + 4  # the last answer token (never fed) and the 4 new ones
     assert hook.lengths[1:] == [1] * 5
     assert torch.equal(resumed, model.generate(second_turn, max_new_tokens=6, eos_token_id=None))
+
+
+def test_a_cache_filled_by_beam_search_is_refused_for_the_next_turn_until_reset():
+    model = tiny_llama()
+    cache = DynamicCache()
+    out = model.generate(prompt(7), max_new_tokens=5, num_beams=2, past_key_values=cache, return_dict_in_generate=True)
+    second_turn = torch.cat([out.sequences, prompt(4, seed=8)], dim=1)
+    with pytest.raises(GenerationError, match=r"past_key_values \(DynamicCache\) holds the last running beams.*fresh cache"):
+        model.generate(second_turn, max_new_tokens=6, num_beams=2, past_key_values=cache)
+    cache.reset()
+    resumed = model.generate(second_turn, max_new_tokens=6, num_beams=2, past_key_values=cache)
+    assert torch.equal(resumed, model.generate(second_turn, max_new_tokens=6, num_beams=2))
+
+
+@pytest.mark.parametrize("make_cache", [DynamicCache, lambda: OffloadedStaticCache(64)], ids=["dynamic", "offloaded_static"])
+def test_compile_decode_names_the_empty_cache_it_cannot_compile(make_cache):
+    cache = make_cache()
+    with pytest.raises(GenerationError, match=f"got {type(cache).__name__}"):
+        tiny_llama().generate(prompt(3), max_new_tokens=2, compile_decode=True, past_key_values=cache)
 
 
 def test_passing_a_cache_and_a_cache_implementation_is_an_error():

@@ -126,6 +126,8 @@ def beam_search(plan: GenerationPlan) -> StrategyRun:
         all_hit = all(bool(state.hits.all()) for state in states)
         if not improvable or all_full or all_hit:
             break
+    if runner.cache is not None:
+        runner.cache.holds_beams = True
     return _finish(plan, states, recorder, batch, groups, size, prompt_length)
 
 

@@ -53,6 +53,9 @@ class Cache:
     per_layer_positions: bool = False
     # False for caches that cannot forget tokens (assisted decoding needs crop()).
     is_croppable: bool = True
+    # True after a beam search filled this cache: its rows are the last running beams, which need not be the
+    # returned sequences, so generate() refuses to continue from it.
+    holds_beams: bool = False
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Store new keys/values of one layer and return everything that layer attends to."""

@@ -201,7 +201,7 @@ def prepare_generation(
     if config.compile_decode:
         if cache is None or not cache.is_compileable:
             raise GenerationError(
-                f"compile_decode=True needs a cache with fixed shapes; got {type(cache).__name__ if cache else 'no cache'}. "
+                f"compile_decode=True needs a cache with fixed shapes; got {type(cache).__name__ if cache is not None else 'no cache'}. "
                 "Use cache_implementation='static' (or leave it unset)."
             )
         compile_step = True
@@ -276,6 +276,13 @@ def _user_cache(model_kwargs: dict[str, Any]) -> Cache | None:
         cache = DynamicCache.from_legacy_cache(tuple(cache))
     if not isinstance(cache, Cache):
         raise GenerationError(f"past_key_values must be a Cache (for example DynamicCache()), got {type(cache).__name__}.")
+    if cache.holds_beams and cache.get_seq_length() > 0:
+        raise GenerationError(
+            f"past_key_values ({type(cache).__name__}) holds the last running beams of an earlier beam search, not the "
+            "sequences it returned, so the next turn cannot continue from it. Pass a fresh cache "
+            "(past_key_values=DynamicCache()) or none, or call reset() on this one first."
+        )
+    cache.holds_beams = False
     return cache
 
 
