@@ -33,10 +33,9 @@ Three approximations are accepted, each logged as a warning when it applies:
 - SentencePiece's legacy normalizer (Prepend "▁" + Replace " " by "▁", Llama 2
   and early Mistral files) and ``Metaspace(prepend_scheme="always")``: written
   with ``add_space_prefix = true``. transformers and bestiary read that as
-  ``Metaspace(prepend_scheme="first")`` (transformers reads the original
-  tokenizer.json that way too), so text starting with a space or following an
-  added token gets one "▁" less than the original; llama.cpp reads it like the
-  legacy normalizer.
+  ``Metaspace(prepend_scheme="first")``, so text starting with a space or
+  following an added token gets one "▁" less than the original; llama.cpp
+  reads it like the legacy normalizer.
 """
 
 from __future__ import annotations
@@ -103,7 +102,9 @@ def tokenizer_metadata(tokenizer: Any, vocab_size: int | None = None) -> dict[st
     added = {token.content: token for token in backend.get_added_tokens_decoder().values()}
     _check_added_tokens(added.values())
     tokens = _token_list(backend.get_vocab(with_added_tokens=True), vocab_size)
-    merges = [tuple(merge.split(" ", 1)) if isinstance(merge, str) else tuple(merge) for merge in model.get("merges") or []]
+    merges = [
+        tuple(merge.split(" ", 1)) if isinstance(merge, str) else tuple(merge) for merge in model.get("merges") or []
+    ]
     if model.get("byte_fallback"):
         metadata = _sentencepiece_metadata(state, tokens, merges, added, tokenizer)
     else:
@@ -217,7 +218,9 @@ def _check_byte_level_normalizer(normalizer: Mapping[str, Any] | None) -> None:
             "text already in NFC tokenizes the same, decomposed accents may not."
         )
         return
-    raise _cannot_write(f"normalizer is {_describe(steps)}", "GGUF byte-level vocabularies have no normalizer (NFC aside)")
+    raise _cannot_write(
+        f"normalizer is {_describe(steps)}", "GGUF byte-level vocabularies have no normalizer (NFC aside)"
+    )
 
 
 def _pre_name(pre_tokenizer: Mapping[str, Any] | None, ignore_merges: bool, gguf_pre: Any) -> str:
