@@ -7,6 +7,8 @@ tests/plugins/text/test_text_generate_parity.py.
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,25 @@ def tiny_mistral(seed: int = 0, sliding_window: int = 8, **overrides) -> Mistral
     return MistralForCausalLM(MistralConfig(**{**TINY, "sliding_window": sliding_window, **overrides})).eval()
 
 
+def perturbed_copy(model: torch.nn.Module, noise: float = 0.003, seed: int = 0, vocab_order: torch.Tensor | None = None):
+    """A draft model for assisted decoding: ``model`` with seeded Gaussian noise on every weight.
+
+    Small noise keeps the draft mostly in agreement with the model, so some
+    drafted tokens are accepted and some are not. ``vocab_order`` (new id ->
+    old id) rebuilds the draft over a reordered vocabulary of that size.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    state = {name: value + noise * torch.randn(value.shape, generator=generator) for name, value in model.state_dict().items()}
+    config = model.config
+    if vocab_order is not None:
+        for name in ("model.embed_tokens.weight", "lm_head.weight"):
+            state[name] = state[name][vocab_order]
+        config = type(config)(**{**config.to_dict(), "vocab_size": vocab_order.shape[0]})
+    draft = type(model)(config).eval()
+    draft.load_state_dict(state)
+    return draft
+
+
 def prompt(length: int = 8, batch: int = 1, seed: int = 1, low: int = 3, high: int = 97) -> torch.Tensor:
     """Random token ids avoiding the special ids 0-2."""
     generator = torch.Generator().manual_seed(seed)
@@ -73,6 +94,28 @@ def chat_tokenizer(folder: Path):
 
     builders.build_byte_level_bpe(folder, chat_template=CHAT_TEMPLATE, pad_token="<|end_of_text|>")
     return Tokenizer.from_pretrained(folder)
+
+
+def reordered_tokenizer(source: Path, folder: Path) -> torch.Tensor:
+    """Copy the tokenizer in ``source`` to ``folder`` with its ordinary tokens' ids reversed; return new id -> old id.
+
+    Special tokens keep their ids. The copy splits text exactly as the source
+    does but numbers the pieces differently: a different tokenizer for
+    universal assisted decoding whose drafts can still agree with the model.
+    """
+    data = json.loads((source / "tokenizer.json").read_text(encoding="utf-8"))
+    special = {token["id"] for token in data["added_tokens"]}
+    vocab = data["model"]["vocab"]
+    ordinary = sorted(i for i in vocab.values() if i not in special)
+    renumber = dict(zip(ordinary, reversed(ordinary)))
+    data["model"]["vocab"] = {token: renumber.get(i, i) for token, i in vocab.items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    shutil.copy(source / "tokenizer_config.json", folder / "tokenizer_config.json")
+    order = torch.arange(len(vocab))
+    for old, new in renumber.items():
+        order[new] = old
+    return order
 
 
 @pytest.fixture(autouse=True)

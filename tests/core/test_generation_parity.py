@@ -2,9 +2,10 @@
 
 Stop strings over non-ASCII text (accented letters, CJK, emoji spelled with
 several byte tokens) against transformers' StopStringCriteria and
-generate(stop_strings=...), and speculative-sampling acceptance against
-transformers' ``_speculative_sampling``. transformers builds each tiny
-checkpoint (seeded, fp32) and bestiary loads it.
+generate(stop_strings=...); universal assisted decoding with a draft that
+agrees with the model often enough for some drafts to be accepted; and
+speculative-sampling acceptance against transformers' ``_speculative_sampling``.
+transformers builds each tiny checkpoint (seeded, fp32) and bestiary loads it.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import pytest
 import torch
 import transformers
 from transformers.generation.stopping_criteria import StopStringCriteria as ReferenceStopStrings
+from transformers.generation.utils import _speculative_sampling as reference_speculative_sampling
 
 import bestiary.auto as auto
+from bestiary.generation.assisted import UniversalDraftCandidates, speculative_sampling
 from bestiary.generation.stopping import StopStringCriteria
 from bestiary.processing import Tokenizer
 from tests.core import tokenizer_builders as builders
-from tests.core.test_generation_models import TINY, one_thread  # noqa: F401
+from tests.core.test_generation_models import TINY, one_thread, perturbed_copy, reordered_tokenizer  # noqa: F401
 
 TOKENIZER_BUILDERS = {
     "byte_level_bpe": builders.build_byte_level_bpe,
@@ -30,13 +33,17 @@ TOKENIZER_BUILDERS = {
 
 
 @pytest.fixture(scope="module")
-def tokenizers(tmp_path_factory) -> dict[str, tuple[Tokenizer, object]]:
+def tokenizer_folders(tmp_path_factory) -> dict[str, Path]:
+    return {kind: build(tmp_path_factory.mktemp(kind)) for kind, build in TOKENIZER_BUILDERS.items()}
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tokenizer_folders) -> dict[str, tuple[Tokenizer, object]]:
     """(bestiary tokenizer, transformers tokenizer) per kind, both loaded from one folder."""
-    loaded = {}
-    for kind, build in TOKENIZER_BUILDERS.items():
-        folder = build(tmp_path_factory.mktemp(kind))
-        loaded[kind] = (Tokenizer.from_pretrained(folder), transformers.AutoTokenizer.from_pretrained(folder))
-    return loaded
+    return {
+        kind: (Tokenizer.from_pretrained(folder), transformers.AutoTokenizer.from_pretrained(folder))
+        for kind, folder in tokenizer_folders.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +127,53 @@ def test_generate_with_stop_strings_after_multibyte_characters_matches_transform
     got = ours.generate(prompt, tokenizer=ours_tokenizer, **settings)
     assert torch.equal(got, expected)
     assert got.shape[1] - prompt.shape[1] >= 2 * len(pieces)  # no early stop on the prompt's text
+
+
+# -- assisted decoding -------------------------------------------------------------------------------
+@pytest.mark.parametrize("schedule", ["constant", "heuristic"])
+def test_universal_assisted_decoding_matches_transformers_with_partly_accepted_drafts(
+    tokenizer_folders, tokenizers, llama_pair, tmp_path, monkeypatch, schedule
+):
+    reference, ours = llama_pair
+    tokenizer, their_tokenizer = tokenizers["byte_level_bpe"]
+    order = reordered_tokenizer(tokenizer_folders["byte_level_bpe"], tmp_path / "draft")
+    draft_tokenizer = Tokenizer.from_pretrained(tmp_path / "draft")
+    their_draft_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "draft")
+    draft = perturbed_copy(ours, vocab_order=order)  # the model itself, slightly off, over the draft tokenizer's ids
+    reference_draft = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**TINY, "vocab_size": order.shape[0]})).eval()
+    reference_draft.load_state_dict(draft.state_dict())
+    rounds: list[tuple[int, int]] = []
+    original = UniversalDraftCandidates.update
+    monkeypatch.setattr(UniversalDraftCandidates, "update", lambda self, a, p: (rounds.append((a, p)), original(self, a, p))[1])
+    text = "The quick brown fox jumps over the lazy dog. The quick brown"
+    ids = torch.tensor([token_ids(tokenizer, text)])
+    settings = dict(max_new_tokens=30, eos_token_id=None, num_assistant_tokens=4, num_assistant_tokens_schedule=schedule)
+    expected = reference.generate(
+        ids, do_sample=False, assistant_model=reference_draft, tokenizer=their_tokenizer,
+        assistant_tokenizer=their_draft_tokenizer, **settings,
+    )
+    got = ours.generate(ids, assistant_model=draft, tokenizer=tokenizer, assistant_tokenizer=draft_tokenizer, **settings)
+    assert torch.equal(got, expected)
+    assert 0 < sum(a for a, _ in rounds) < sum(p for _, p in rounds), rounds
+
+
+# -- speculative sampling -----------------------------------------------------------------------------
+def test_speculative_sampling_accepts_and_resamples_like_transformers():
+    generator = torch.Generator().manual_seed(0)
+    vocab, kept_counts = 11, set()
+    for trial in range(200):
+        drafts = 1 + trial % 5
+        draft_logits = 2 * torch.randn(1, drafts, vocab, generator=generator)
+        # the target mostly agrees with the draft, so anywhere from none to all drafts are accepted
+        closeness = [0.2, 1.0, 3.0][trial % 3]
+        target_logits = torch.cat([draft_logits, 2 * torch.randn(1, 1, vocab, generator=generator)], dim=1)
+        target_logits = target_logits + closeness * torch.randn(1, drafts + 1, vocab, generator=generator)
+        drafted = torch.multinomial(draft_logits[0].softmax(-1), 1, generator=generator).view(1, drafts)
+        prompt_and_drafts = torch.cat([torch.full((1, 3), 5), drafted], dim=1)
+        torch.manual_seed(trial)
+        expected_tokens, expected_kept = reference_speculative_sampling(prompt_and_drafts, draft_logits, drafts, target_logits)
+        torch.manual_seed(trial)
+        tokens, kept = speculative_sampling(drafted, draft_logits, target_logits)
+        assert torch.equal(tokens, expected_tokens) and kept == int(expected_kept), trial
+        kept_counts.add((drafts, kept))
+    assert {(5, 0), (5, 5), (3, 1)} <= kept_counts  # rejections at the start, in the middle, and none (bonus token)

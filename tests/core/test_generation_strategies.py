@@ -17,10 +17,18 @@ import pytest
 import torch
 
 from bestiary.errors import GenerationError
-from bestiary.generation.assisted import speculative_sampling
+from bestiary.generation.assisted import DraftModelCandidates, UniversalDraftCandidates, speculative_sampling
 from bestiary.generation.config import WatermarkingConfig
 from bestiary.generation.watermark import WatermarkDetector
-from tests.core.test_generation_models import chat_tokenizer, left_padded, one_thread, prompt, tiny_llama  # noqa: F401
+from tests.core.test_generation_models import (  # noqa: F401
+    chat_tokenizer,
+    left_padded,
+    one_thread,
+    perturbed_copy,
+    prompt,
+    reordered_tokenizer,
+    tiny_llama,
+)
 
 
 # -- contrastive search ---------------------------------------------------------------
@@ -212,19 +220,64 @@ def test_assisted_sampling_runs_and_is_reproducible():
     assert torch.equal(first, second) and first.shape[1] <= 6 + 15
 
 
+class DraftRounds:
+    """Records (accepted, proposed) drafts of every round of a candidate generator class."""
+
+    def __init__(self, monkeypatch, generator_class) -> None:
+        self.rounds: list[tuple[int, int]] = []
+        original = generator_class.update
+
+        def update(proposer, accepted: int, proposed: int) -> None:
+            self.rounds.append((accepted, proposed))
+            original(proposer, accepted, proposed)
+
+        monkeypatch.setattr(generator_class, "update", update)
+
+    def assert_partly_accepted(self) -> None:
+        accepted = sum(a for a, _ in self.rounds)
+        proposed = sum(p for _, p in self.rounds)
+        assert 0 < accepted < proposed, self.rounds
+
+
 @pytest.mark.parametrize("schedule", ["constant", "heuristic"])
-def test_assisted_greedy_equals_greedy_with_static_cache_and_schedules(schedule):
-    model, draft = tiny_llama(), tiny_llama(seed=7, num_hidden_layers=1)
+def test_assisted_greedy_equals_greedy_with_static_cache_and_schedules(monkeypatch, schedule):
+    model = tiny_llama()
+    draft = perturbed_copy(model)
+    rounds = DraftRounds(monkeypatch, DraftModelCandidates)
     ids = prompt(6)
-    expected = model.generate(ids, max_new_tokens=15)
+    expected = model.generate(ids, max_new_tokens=24)
     got = model.generate(
-        ids, max_new_tokens=15, assistant_model=draft, num_assistant_tokens=3,
+        ids, max_new_tokens=24, assistant_model=draft, num_assistant_tokens=4,
         num_assistant_tokens_schedule=schedule, cache_implementation="static",
     )
     assert torch.equal(got, expected)
+    rounds.assert_partly_accepted()
+    if schedule == "heuristic":
+        assert len({p for _, p in rounds.rounds[:-1]}) > 1  # the draft length adapted
 
 
-def test_universal_assisted_decoding_with_a_different_tokenizer(tmp_path):
+def test_universal_assisted_decoding_with_a_different_tokenizer(tmp_path, monkeypatch):
+    from bestiary.processing import Tokenizer
+
+    tokenizer = chat_tokenizer(tmp_path / "target")
+    order = reordered_tokenizer(tmp_path / "target", tmp_path / "draft")
+    draft_tokenizer = Tokenizer.from_pretrained(tmp_path / "draft")
+    text = "The quick brown fox jumps over the lazy dog. The quick brown"
+    assert tokenizer(text)["input_ids"] != draft_tokenizer(text)["input_ids"]
+    model = tiny_llama(seed=3, vocab_size=640)
+    draft = perturbed_copy(model, vocab_order=order)  # the same model, over the draft tokenizer's ids
+    rounds = DraftRounds(monkeypatch, UniversalDraftCandidates)
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    expected = model.generate(ids, max_new_tokens=16, eos_token_id=None)
+    got = model.generate(
+        ids, max_new_tokens=16, eos_token_id=None, assistant_model=draft, num_assistant_tokens=4,
+        tokenizer=tokenizer, assistant_tokenizer=draft_tokenizer,
+    )
+    assert torch.equal(got, expected)
+    rounds.assert_partly_accepted()
+
+
+def test_universal_assisted_decoding_across_tokenizers_that_split_differently(tmp_path):
     from bestiary.processing import Tokenizer
     from tests.core import tokenizer_builders as builders
 
@@ -238,7 +291,7 @@ def test_universal_assisted_decoding_with_a_different_tokenizer(tmp_path):
     got = model.generate(
         ids, max_new_tokens=12, eos_token_id=None, assistant_model=draft, tokenizer=tokenizer, assistant_tokenizer=draft_tokenizer
     )
-    assert torch.equal(got, expected)
+    assert torch.equal(got, expected)  # re-encoding between the two ways of splitting loses nothing
 
 
 def test_assisted_decoding_refuses_batches():
