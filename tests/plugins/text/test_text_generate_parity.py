@@ -4,11 +4,14 @@ transformers builds each checkpoint (from_config, seeded) and saves it;
 bestiary loads it with AutoModelForCausalLM. Strategies transformers still
 ships offline are compared directly: greedy, batched left padding (also with
 pad == eos), beam search (length penalty, early stopping, several return
-sequences), beam sampling and sampling with top_k=1, seeded sampling,
-assisted greedy, prompt lookup, the static cache, and the logits processors.
+sequences), beam sampling (top_k 1, 5 and none) and sampling with top_k=1,
+seeded sampling, assisted greedy (with a draft close enough that some drafts
+are accepted), prompt lookup, the static cache, and the logits processors.
 """
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -56,13 +59,27 @@ def pairs(tmp_path_factory):
     return built
 
 
-@pytest.fixture(scope="module")
-def draft(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("draft")
-    torch.manual_seed(5)
-    reference = transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(**{**TINY, "num_hidden_layers": 1})).eval()
-    reference.save_pretrained(folder)
-    return reference, auto.AutoModelForCausalLM.from_pretrained(folder)
+def perturbed_draft(reference, folder):
+    """(transformers draft, bestiary draft): ``reference`` with seeded noise, close enough that some drafts are accepted."""
+    draft = copy.deepcopy(reference)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in draft.parameters():
+            parameter.add_(0.003 * torch.randn(parameter.shape, generator=generator))
+    draft.save_pretrained(folder)
+    # transformers drafts with the settings of the draft's generation config; no confidence cut-off, as in bestiary
+    draft.generation_config.num_assistant_tokens = 5
+    draft.generation_config.assistant_confidence_threshold = 0.0
+    return draft, auto.AutoModelForCausalLM.from_pretrained(folder)
+
+
+class ForwardCount:
+    def __init__(self, model) -> None:
+        self.calls = 0
+        self.handle = model.register_forward_pre_hook(self)
+
+    def __call__(self, module, args) -> None:
+        self.calls += 1
 
 
 def ids(batch: int = 1, length: int = 9, seed: int = 1) -> torch.Tensor:
@@ -169,6 +186,22 @@ def test_beam_sampling_and_sampling_with_top_k_one(pairs):
     assert torch.equal(beam_tokens(expected, 9), beam_tokens(got, 9))
 
 
+@pytest.mark.parametrize("settings", [dict(top_k=5), dict(top_k=0, temperature=1.5)], ids=["top_k=5", "no top_k"])
+def test_seeded_beam_sampling_matches_transformers(pairs, settings):
+    reference, ours = pairs["llama"]
+    tokens, mask = padded_batch(pad=0)
+    kwargs = dict(attention_mask=mask, max_new_tokens=8, do_sample=True, num_beams=3, return_dict_in_generate=True, output_scores=True)
+    torch.manual_seed(8)
+    expected = reference.generate(tokens, **kwargs, **settings)
+    torch.manual_seed(8)
+    got = ours.generate(tokens, **kwargs, **settings)
+    assert torch.equal(expected.beam_indices, got.beam_indices)
+    assert torch.equal(beam_tokens(expected, 9), beam_tokens(got, 9))
+    torch.testing.assert_close(expected.sequences_scores, got.sequences_scores, atol=1e-5, rtol=0)
+    beam_search = ours.generate(tokens, attention_mask=mask, max_new_tokens=8, num_beams=3)
+    assert not torch.equal(got.sequences, beam_search)  # the draws did leave beam search's path
+
+
 def test_seeded_sampling_matches_transformers(pairs):
     reference, ours = pairs["llama"]
     kwargs = dict(max_new_tokens=16, do_sample=True, temperature=0.8, top_k=20, top_p=0.9)
@@ -180,13 +213,24 @@ def test_seeded_sampling_matches_transformers(pairs):
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral"])
-def test_assisted_greedy(pairs, draft, family):
+def test_assisted_greedy(pairs, family, tmp_path, monkeypatch):
+    from bestiary.generation.assisted import DraftModelCandidates
+
     reference, ours = pairs[family]
+    reference_draft, draft = perturbed_draft(reference, tmp_path)
+    rounds = []
+    original = DraftModelCandidates.update
+    monkeypatch.setattr(DraftModelCandidates, "update", lambda self, a, p: (rounds.append((a, p)), original(self, a, p))[1])
     prompt_ids = ids(1, 11)
-    expected = reference.generate(prompt_ids, max_new_tokens=20, do_sample=False, assistant_model=draft[0])
-    got = ours.generate(prompt_ids, max_new_tokens=20, assistant_model=draft[1])
+    settings = dict(max_new_tokens=40, num_assistant_tokens=5)
+    their_forwards, our_forwards = ForwardCount(reference), ForwardCount(ours)
+    expected = reference.generate(prompt_ids, do_sample=False, assistant_model=reference_draft, **settings)
+    got = ours.generate(prompt_ids, assistant_model=draft, **settings)
+    their_forwards.handle.remove(), our_forwards.handle.remove()
     assert torch.equal(expected, got)
-    assert torch.equal(got, ours.generate(prompt_ids, max_new_tokens=20))
+    assert torch.equal(got, ours.generate(prompt_ids, max_new_tokens=40))
+    assert 0 < sum(a for a, _ in rounds) < sum(p for _, p in rounds), rounds  # some drafts accepted, not all
+    assert our_forwards.calls == their_forwards.calls == len(rounds) < 40  # the same verification rounds
 
 
 def test_prompt_lookup(pairs):
