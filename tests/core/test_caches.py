@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from bestiary.errors import GenerationError
+from bestiary.generation import offloaded_cache, static_cache
 from bestiary.generation.cache import Cache, DynamicCache, EncoderDecoderCache
 from bestiary.generation.offloaded_cache import OffloadedCache
 from bestiary.generation.quantized_cache import QuantizedCache, dequantize, quantize
@@ -297,6 +298,46 @@ def test_offloaded_cache_keeps_layers_on_the_offload_device():
     out = model.generate(prompt(5), max_new_tokens=6, eos_token_id=None, past_key_values=cache)
     assert torch.equal(out, model.generate(prompt(5), max_new_tokens=6, eos_token_id=None))
     assert all(keys.device.type == "cpu" for keys, _ in cache)
+
+
+@pytest.fixture
+def compute_copies(monkeypatch) -> list[int]:
+    """Sizes of the copies the offloaded caches make on the compute device, in order."""
+    made: list[int] = []
+    copy = offloaded_cache.compute_copy
+
+    def counting_copy(stored: torch.Tensor, device: torch.device) -> torch.Tensor:
+        made.append(stored.numel())
+        return copy(stored, device)
+
+    monkeypatch.setattr(offloaded_cache, "compute_copy", counting_copy)
+    monkeypatch.setattr(static_cache, "compute_copy", counting_copy)
+    return made
+
+
+@pytest.mark.parametrize("implementation", ["offloaded", "offloaded_static"])
+def test_offloaded_caches_copying_from_a_distinct_device_give_the_same_tokens(implementation, compute_copies, monkeypatch):
+    # "cpu:0" is another torch.device than the model's "cpu", so layers are copied and prefetched as from a GPU's host.
+    # As on a GPU, every step runs the model's modules: the native CPU decoder step would write the cache directly.
+    from bestiary_text import modeling_llama
+
+    monkeypatch.setattr(modeling_llama, "native_decoder_step", lambda *args, **kwargs: None)
+    model = tiny_llama()
+    ids, mask = batch()
+    offloaded = dict(cache_implementation=implementation, cache_config={"offload_device": "cpu:0"})
+    greedy = dict(attention_mask=mask, max_new_tokens=14, eos_token_id=None)
+    assert torch.equal(model.generate(ids, **greedy, **offloaded), model.generate(ids, **greedy))
+    assert len(compute_copies) >= 2 * 14  # keys and values of the second layer prefetched at every step at least
+    beams = dict(attention_mask=mask, max_new_tokens=6, num_beams=3, num_return_sequences=2)
+    assert torch.equal(model.generate(ids, **beams, **offloaded), model.generate(ids, **beams))
+    lookup_prompt = torch.cat([prompt(6), prompt(3, seed=9), prompt(6)], dim=1)
+    lookup = dict(max_new_tokens=12, prompt_lookup_num_tokens=3, eos_token_id=None)
+    copies_before = len(compute_copies)
+    assert torch.equal(model.generate(lookup_prompt, **lookup, **offloaded), model.generate(lookup_prompt, **lookup))
+    assert len(compute_copies) > copies_before
+    compute_copies.clear()
+    model.generate(ids, **greedy, cache_implementation=implementation, cache_config={"offload_device": "cpu"})
+    assert compute_copies == []  # the offload device is the compute device: nothing to copy
 
 
 def test_encoder_decoder_cache_computes_cross_attention_once():

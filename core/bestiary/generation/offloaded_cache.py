@@ -6,8 +6,8 @@ with the new tokens on the compute device, the new tokens are appended to
 the offloaded store, and layer ``i + 1`` starts copying (asynchronously from
 pinned memory on CUDA). Device memory then holds about two layers of cache
 instead of all of them; results are identical to :class:`DynamicCache`.
-When compute and offload devices are the same (CPU-only machines) nothing
-is copied.
+When the offload device is the compute device (the default on CPU-only
+machines) nothing is copied.
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ class OffloadedCache(DynamicCache):
 
     def _fetch(self, layer_idx: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         keys, values = self.layer(layer_idx)
-        if keys.device == device:
-            return keys, values
-        return keys.to(device, non_blocking=True), values.to(device, non_blocking=True)
+        return compute_copy(keys, device), compute_copy(values, device)
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         device = key.device
@@ -65,4 +63,14 @@ class OffloadedCache(DynamicCache):
         super().reset()
 
 
-__all__ = ["OffloadedCache"]
+def compute_copy(stored: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A copy of offloaded ``stored`` on the compute ``device``.
+
+    Always a copy, also when the two devices name the same memory
+    (``offload_device="cpu:0"`` with a CPU model): the cache then runs
+    exactly as with a real accelerator.
+    """
+    return stored.to(device, non_blocking=True, copy=True)
+
+
+__all__ = ["OffloadedCache", "compute_copy"]

@@ -19,6 +19,7 @@ import torch
 
 from bestiary.errors import GenerationError
 from bestiary.generation.cache import Cache
+from bestiary.generation.offloaded_cache import compute_copy
 
 
 class StaticCache(Cache):
@@ -143,7 +144,7 @@ class OffloadedStaticCache(StaticCache):
     While layer ``i`` computes, layer ``i + 1`` is already being copied to
     the compute device (asynchronously on CUDA, from pinned memory). New
     keys/values are written to both copies, so results are identical to
-    :class:`StaticCache`. When compute and offload devices are the same, no
+    :class:`StaticCache`. When the offload device is the compute device, no
     copy happens.
     """
 
@@ -166,9 +167,9 @@ class OffloadedStaticCache(StaticCache):
 
     def _fetch(self, layer_idx: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         keys, values = self._keys[layer_idx], self._values[layer_idx]
-        if keys.device == device:
+        if self.offload_device == device:
             return keys, values
-        return keys.to(device, non_blocking=True), values.to(device, non_blocking=True)
+        return compute_copy(keys, device), compute_copy(values, device)
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._write_pos is None:
