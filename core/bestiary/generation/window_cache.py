@@ -237,15 +237,17 @@ class SinkCache(Cache):
 
     @staticmethod
     def _count_real(attention_mask: torch.Tensor | None, start: int, new: int, rows: int) -> torch.Tensor:
+        """How many of the tokens at ``start`` to ``start + new`` are not padding, per row."""
         if attention_mask is None:
             return torch.full((rows,), new, dtype=torch.long)
-        seen = attention_mask[:, : start + new].cpu()
-        if bool((seen[:, 1:] < seen[:, :-1]).any()):
+        first = max(start - 1, 0)  # one earlier column: the step before checked everything up to it
+        window = attention_mask[:, first : start + new].cpu()
+        if bool((window[:, 1:] < window[:, :-1]).any()):
             raise GenerationError(
                 "The sink cache keeps each row's first tokens, so it supports left padding only; attention_mask has "
                 "zeros after ones. Tokenize with padding_side='left' (or generate the rows one at a time)."
             )
-        return seen[:, start:].sum(-1).long()
+        return window[:, start - first :].sum(-1).long()
 
     def key_positions(self, layer_idx: int, cache_position: torch.Tensor) -> torch.Tensor:
         new = cache_position.shape[0]
