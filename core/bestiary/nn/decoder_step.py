@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ from torch import nn
 from bestiary.nn import kernels
 from bestiary.nn.norms import RMSNorm
 from bestiary.nn.projection import PARALLEL_MIN_WORK, _layer_tensors, _kind, quantized_activations
+from bestiary.nn.thread_choice import ThreadChoice
 
 __all__ = ["DecoderLayerParts", "DecoderStackParts", "native_decoder_step", "native_steps_between_graphs"]
 
@@ -115,6 +117,7 @@ class _NativeStack:
         # The layer descriptions point at one cache at a time: threads decoding with this model take turns
         # from binding their cache to the end of the kernel call (which releases the GIL).
         self.lock = threading.Lock()
+        self.thread_choice = ThreadChoice()  # all threads, or one when the machine is busy (see thread_choice)
         work = self.hidden * self.intermediate * 3 * len(parts.layers)
         self.parallel = work >= PARALLEL_MIN_WORK
 
@@ -309,14 +312,16 @@ def _step(
     hidden = hidden_states.reshape(-1).clone()
     normed = torch.empty_like(hidden)
     cos, sin = cos.reshape(-1).contiguous(), sin.reshape(-1).contiguous()
-    threads = torch.get_num_threads() if stack.parallel else 1
     with stack.lock:
         if not stack.bind_cache(buffers):
             raise RuntimeError(f"{type(cache).__name__} handed out storage the native decoder step cannot read")
+        threads = stack.thread_choice.threads(torch.get_num_threads() if stack.parallel else 1)
+        start = time.perf_counter()
         status = library.bd_decode(
             ctypes.byref(stack.model), hidden.data_ptr(), cos.data_ptr(), sin.data_ptr(), slot, normed.data_ptr(),
             threads, quantized_activations(),
         )
+        stack.thread_choice.record(threads, time.perf_counter() - start)
     if status != 0:
         raise MemoryError("the native decoder step could not allocate its scratch memory")
     return normed.view(1, 1, -1)

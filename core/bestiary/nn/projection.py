@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 import weakref
 from collections.abc import Sequence
 
@@ -34,6 +35,7 @@ from torch import nn
 
 from bestiary.nn import kernels
 from bestiary.nn.kernels import ENV_VAR, KIND_F32
+from bestiary.nn.thread_choice import ThreadChoice
 
 __all__ = ["project", "native_project", "native_matvec_available", "quantized_activations", "set_quantized_activations"]
 
@@ -87,6 +89,7 @@ class _Plan:
             values, scales, mins, bias = (t for _, _, t in tensors[4 * index : 4 * index + 4])
             entries.append((_kind(values, layer), layer.out_features, values, scales, mins, bias))
         self.matrices = _matrices(entries)
+        self.thread_choice = ThreadChoice()  # all threads, or one when the machine is busy (see thread_choice)
 
     def still_valid(self, layers: Sequence[nn.Module]) -> bool:
         for ref, layer in zip(self.layers, layers):
@@ -192,10 +195,12 @@ def native_project(x: torch.Tensor, layers: Sequence[nn.Module]) -> tuple[torch.
     if plan is None:
         return None
     out = torch.empty((*x.shape[:-1], plan.total))
-    threads = torch.get_num_threads() if plan.work >= PARALLEL_MIN_WORK else 1
+    threads = plan.thread_choice.threads(torch.get_num_threads() if plan.work >= PARALLEL_MIN_WORK else 1)
+    start = time.perf_counter()
     status = library.bm_matvec(
         x.data_ptr(), plan.in_features, plan.matrices, plan.count, out.data_ptr(), threads, _quantize_activations
     )
+    plan.thread_choice.record(threads, time.perf_counter() - start)
     if status != 0:
         raise MemoryError("the native matvec kernel could not allocate its scratch memory")
     if plan.count == 1:
