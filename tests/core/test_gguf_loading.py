@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -191,6 +193,38 @@ def test_an_unsupported_tensor_type_names_tensor_type_and_the_supported_list(tmp
         message = str(raised.value)
         assert "blk.0.ffn_up.weight" in message and "IQ4_NL" in message and str(path) in message
         assert all(name in message for name in ("Q4_1", "Q6_K", "BF16")), message
+
+
+_PEAK_SCRIPT = """
+import json, sys
+import torch
+from bestiary import AutoModelForCausalLM
+
+def high_water_mib():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+
+before = high_water_mib()
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], gguf_file=sys.argv[2], keep_quantized=sys.argv[3] == "1")
+stored = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in [*model.parameters(), *model.buffers()]}
+print(json.dumps({"peak_growth": high_water_mib() - before, "model": sum(stored.values()) / 2**20}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmHWM from /proc/self/status")
+@pytest.mark.parametrize("keep_quantized", [False, True])
+def test_loading_never_holds_the_model_twice(smollm: Path, keep_quantized: bool) -> None:
+    """The process's peak memory grows by about the loaded model, not model plus file or two copies of it."""
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(smollm.parent), smollm.name, "1" if keep_quantized else "0"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    fp32_model = 514  # MiB: SmolLM2-135M's parameters in float32 (513.1)
+    assert measured["model"] <= (0.2 if keep_quantized else 1.0) * fp32_model
+    # allowance: allocator slack, one decoded tensor in flight, and the libraries a first load imports
+    assert measured["peak_growth"] <= measured["model"] + 0.2 * fp32_model, measured
 
 
 # ---------------------------------------------------------------- the loader's mechanics
