@@ -13,7 +13,8 @@ and uses the faster one, probing the other now and then: after every probe
 that loses, it waits twice as long before the next one (up to
 ``MAX_INTERVAL`` steps), and a probe that wins switches at once, as does a
 current count whose average grows well past the other's.
-``BESTIARY_ADAPTIVE_THREADS=0`` always uses ``torch.get_num_threads()``.
+``BESTIARY_ADAPTIVE_THREADS=0`` (read when a model's native plans are built) always uses
+``torch.get_num_threads()``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class ThreadChoice:
     """Picks the thread count (``most`` or 1) for each call of a repeated native step."""
 
     def __init__(self) -> None:
-        self.most = 0  # the thread count allowed when the averages were taken (0: none yet)
+        self.adaptive = _adaptive()  # read once: threads() runs for every native call
+        self.most = 0  # the thread count allowed when the averages were taken (0: not choosing)
         self.average: dict[int, float] = {}
         self.current = 0
         self.interval = FIRST_INTERVAL
@@ -41,7 +43,8 @@ class ThreadChoice:
 
     def threads(self, most: int) -> int:
         """The thread count for the next step, given the ``most`` threads allowed."""
-        if most <= 1 or not _adaptive():
+        if most <= 1 or not self.adaptive:
+            self.most = 0
             return max(most, 1)
         if most != self.most:  # first use, or torch.set_num_threads changed: measure again
             self.most, self.average, self.current, self.interval, self.since_probe = most, {}, most, FIRST_INTERVAL, 0
@@ -52,6 +55,8 @@ class ThreadChoice:
 
     def record(self, threads: int, seconds: float) -> None:
         """Account one step that ran with ``threads`` threads in ``seconds``."""
+        if not self.most:  # no choice was made (one thread allowed, or adaptivity off): nothing to learn
+            return
         other = next((count for count in self.average if count != self.current), None)
         if threads != self.current:  # a probe: a fresh measurement, the old average is stale
             self.average[threads] = seconds
